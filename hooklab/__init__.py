@@ -1,0 +1,12 @@
+"""hooklab: interpretability-first tools for transformer language models.
+
+Load any local checkpoint into a TransformerLens-style hooked model (on one device or
+sharded over several), cache activations, locate and edit knowledge, merge models.
+"""
+
+from hooklab.errors import HooklabError
+from hooklab.lens import LogitLens, logit_lens
+from hooklab.loading import Placement, load, plan_placement
+from hooklab.model import HookedModel
+
+__all__ = ["HookedModel", "HooklabError", "LogitLens", "Placement", "load", "logit_lens", "plan_placement"]

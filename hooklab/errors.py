@@ -1,0 +1,58 @@
+"""Errors hooklab raises on bad input.
+
+Every message names the problem and the fix. All subclass :class:`HooklabError`, so
+``except hooklab.HooklabError`` catches anything hooklab refuses to do.
+"""
+
+from __future__ import annotations
+
+
+class HooklabError(Exception):
+    """Base class of every error hooklab raises on purpose."""
+
+
+class ModelNotFoundError(HooklabError, FileNotFoundError):
+    """The path given as a model source does not exist."""
+
+
+class MissingConfigError(HooklabError):
+    """A model folder has no config.json."""
+
+
+class CorruptCheckpointError(HooklabError):
+    """A weight file is truncated, unreadable, or missing from its folder."""
+
+
+class CheckpointMismatchError(HooklabError):
+    """The weights on disk disagree with the model's config (names or shapes)."""
+
+
+class UnsupportedArchitectureError(HooklabError):
+    """The architecture is not one hooklab (or TransformerLens) can load."""
+
+
+class UnknownModelError(HooklabError):
+    """A model name that is neither a known embedded model nor a path."""
+
+
+class UnsupportedDtypeError(HooklabError):
+    """A dtype that is not a floating type, or that the device cannot compute in."""
+
+
+class DefaultModelUnavailableError(HooklabError):
+    """The embedded default model is not cached and cannot be fetched."""
+
+
+class PlacementError(HooklabError):
+    """A placement of layers on devices that cannot work."""
+
+
+class HookNameError(HooklabError, KeyError):
+    """A hook name that the model does not have."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingTokenizerError(HooklabError):
+    """A model folder without tokenizer files."""

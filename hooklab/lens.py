@@ -1,0 +1,129 @@
+"""The logit lens: each layer's residual stream read out through the final norm and unembedding.
+
+Shows at which layer the model's answer (or any target token) becomes its top prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from hooklab.model import HookedModel
+from hooklab.sites import resid_post
+
+
+@dataclass(frozen=True)
+class LogitLens:
+    """Top token and the target's probability and rank, at every layer and position."""
+
+    str_tokens: list[str]
+    top_tokens: list[list[str]]
+    top_probs: Float[Tensor, "layer pos"]
+    target: str
+    target_probs: Float[Tensor, "layer pos"]
+    target_ranks: Int[Tensor, "layer pos"]
+
+    def first_top_layer(self, pos: int = -1) -> int | None:
+        """The first layer at which the target is the top token at ``pos`` (None if never)."""
+        hits = (self.target_ranks[:, pos] == 0).nonzero()
+        return int(hits[0]) if len(hits) else None
+
+    def rows(self, pos: int = -1) -> list[dict]:
+        """One row per layer at position ``pos``: top token, its probability, the target's."""
+        return [
+            {
+                "layer": layer,
+                "top_token": self.top_tokens[layer][pos],
+                "top_prob": float(self.top_probs[layer, pos]),
+                "target_prob": float(self.target_probs[layer, pos]),
+                "target_rank": int(self.target_ranks[layer, pos]),
+            }
+            for layer in range(len(self.top_tokens))
+        ]
+
+    def table(self, pos: int = -1) -> str:
+        """The rows as aligned text, for a terminal."""
+        lines = [f"layer  {'top token':<14} p(top)  p({self.target!r})  rank"]
+        for r in self.rows(pos):
+            lines.append(
+                f"{r['layer']:>5}  {r['top_token']!r:<14} {r['top_prob']:6.3f}  "
+                f"{r['target_prob']:{len(repr(self.target)) + 3}.3f}  {r['target_rank']:>4}"
+            )
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path | None = None):
+        """Heatmap of top-token probabilities (annotated with the tokens) and the target's curve."""
+        import matplotlib.pyplot as plt
+
+        n_layers, n_pos = self.top_probs.shape
+        fig, (ax, side) = plt.subplots(
+            1, 2, figsize=(2.0 + 1.1 * n_pos + 3, 0.32 * n_layers + 1.8), width_ratios=[n_pos, 3]
+        )
+        im = ax.imshow(self.top_probs.numpy(), aspect="auto", origin="lower", cmap="Blues", vmin=0, vmax=1)
+        for layer in range(n_layers):
+            for pos in range(n_pos):
+                color = "white" if self.top_probs[layer, pos] > 0.6 else "black"
+                ax.text(pos, layer, self.top_tokens[layer][pos][:8], ha="center", va="center", fontsize=6, color=color)
+        ax.set_xticks(range(n_pos), [repr(t)[1:-1] for t in self.str_tokens], rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("layer")
+        ax.set_title("logit lens: top token per layer")
+        fig.colorbar(im, ax=ax, fraction=0.03, label="p(top token)")
+        side.plot(self.target_probs[:, -1].numpy(), range(n_layers), marker="o", ms=3)
+        side.set_ylim(-0.5, n_layers - 0.5)
+        side.set_xlim(0, 1)
+        side.set_xlabel(f"p({self.target!r}) at last token")
+        side.set_yticks([])
+        first = self.first_top_layer()
+        if first is not None:
+            side.axhline(first, color="tab:red", ls="--", lw=1)
+            side.text(0.5, first + 0.3, f"top from layer {first}", color="tab:red", fontsize=7)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=130)
+        return fig
+
+
+@torch.no_grad()
+def logit_lens(model: HookedModel, prompt: str, *, target: str | None = None) -> LogitLens:
+    """Read every layer's residual stream through the final norm and unembedding.
+
+    Args:
+        target: a string whose first token is tracked; default the model's own next token.
+
+    Example:
+        >>> lens = hooklab.logit_lens(model, "The Eiffel Tower is in the city of", target=" Paris")
+        >>> print(lens.table()); lens.plot("lens.png")
+    """
+    bridge = model.bridge
+    tokens = model.to_tokens(prompt)
+    names = [resid_post(layer) for layer in range(model.cfg.n_layers)]
+    logits, cache = model.run_with_cache(tokens, names_filter=names)
+    if target is None:
+        target_id = int(logits[0, -1].argmax())
+        target = model.tokenizer.decode([target_id])
+    else:
+        target_id = model.tokenizer(target, add_special_tokens=False).input_ids[0]
+    head_device = next(bridge.unembed.parameters()).device
+    norm_device = next(bridge.ln_final.parameters()).device
+    top_probs, top_ids, target_probs, target_ranks = [], [], [], []
+    for name in names:
+        resid = cache[name][0].to(norm_device)  # (T, D)
+        probs = bridge.unembed(bridge.ln_final(resid).to(head_device)).float().softmax(-1)  # (T, V)
+        p_top, i_top = probs.max(-1)
+        p_target = probs[:, target_id]
+        top_probs.append(p_top.cpu())
+        top_ids.append(i_top.cpu())
+        target_probs.append(p_target.cpu())
+        target_ranks.append((probs > p_target[:, None]).sum(-1).cpu())
+    return LogitLens(
+        str_tokens=model.to_str_tokens(tokens[0]),
+        top_tokens=[[model.tokenizer.decode([i]) for i in ids.tolist()] for ids in top_ids],
+        top_probs=torch.stack(top_probs),
+        target=target,
+        target_probs=torch.stack(target_probs),
+        target_ranks=torch.stack(target_ranks),
+    )

@@ -1,0 +1,137 @@
+"""The streaming loader: every tensor read from its file straight onto its device.
+
+Never holds the model in host memory. Worker threads each read a tensor with ``preadv``
+(parallel reads out of the page cache, GIL released) into a pair of pinned staging buffers,
+and copy each filled buffer to its GPU on the thread's own CUDA stream while the next one
+fills, so reading, host-to-device copies and the several GPUs all overlap.
+
+On the CPU, tensors are memory-mapped copy-on-write by safetensors: loading costs no copy,
+and writing a weight (an edit) copies only the pages it touches, never the file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from hooklab.loading.tensors import Wanted
+
+CHUNK_BYTES = 32 * 1024**2
+
+
+def read_tensors(
+    wanted: Iterable[tuple[Wanted, torch.device]], threads: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Read each wanted tensor onto its device; returns ``{name: tensor}``."""
+    jobs = sorted(wanted, key=lambda job: -job[0].entry.nbytes)  # biggest first: even finish
+    gpu_jobs = any(device.type == "cuda" for _, device in jobs)
+    if threads is None:
+        threads = min(16, os.cpu_count() or 1) if gpu_jobs else min(4, os.cpu_count() or 1)
+    reader, loaded = _Reader(), {}
+
+    def work(job: tuple[Wanted, torch.device]) -> None:
+        name, tensor = reader.read(*job)
+        loaded[name] = tensor
+
+    try:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            futures = [pool.submit(work, job) for job in jobs]
+        errors = [e for f in futures if (e := f.exception()) is not None]
+        if errors:
+            loaded.clear()
+            # The workers' frames hold partly read tensors: drop them with the traceback.
+            raise errors[0].with_traceback(None)
+        for device in {d for _, d in jobs if d.type == "cuda"}:
+            torch.cuda.synchronize(device)
+        return loaded
+    finally:
+        reader.close()
+
+
+class _Reader:
+    """Per-thread file handles, staging buffers and CUDA streams."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._fds: dict[str, int] = {}
+        self._maps: dict[Path, object] = {}
+        self._lock = threading.Lock()
+
+    def _fd(self, path: os.PathLike) -> int:
+        key = os.fspath(path)
+        with self._lock:
+            if key not in self._fds:
+                self._fds[key] = os.open(key, os.O_RDONLY)
+            return self._fds[key]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._maps.clear()
+
+    def read(self, want: Wanted, device: torch.device) -> tuple[str, torch.Tensor]:
+        if device.type == "cuda":
+            return want.name, self._read_cuda(want, device)
+        tensor = self._mapped(want.entry.file).get_tensor(want.key)
+        return want.name, tensor if tensor.dtype == want.dtype else tensor.to(want.dtype)
+
+    def _mapped(self, path: Path):
+        with self._lock:
+            if path not in self._maps:
+                self._maps[path] = safe_open(path, framework="pt")
+            return self._maps[path]
+
+    def _read_cuda(self, want: Wanted, device: torch.device) -> torch.Tensor:
+        entry = want.entry
+        raw = torch.empty(entry.shape, dtype=entry.dtype, device=device)
+        stream = self._stream(device)
+        staging, events = self._staging()
+        dst = _bytes_of(raw)
+        fd = self._fd(entry.file)
+        with torch.cuda.stream(stream):
+            for i, start in enumerate(range(0, entry.nbytes, CHUNK_BYTES)):
+                n = min(CHUNK_BYTES, entry.nbytes - start)
+                slot = i % 2
+                events[slot].synchronize()  # the copy that last used this buffer is done
+                _pread_into(fd, staging[slot][:n], entry.offset + start)
+                dst[start : start + n].copy_(staging[slot][:n], non_blocking=True)
+                events[slot].record(stream)
+            out = raw if entry.dtype == want.dtype else raw.to(want.dtype)
+        # Staging is reused by this thread's next tensor, and a cast's source must outlive it.
+        stream.synchronize()
+        return out
+
+    def _stream(self, device: torch.device) -> torch.cuda.Stream:
+        streams = self._local.__dict__.setdefault("streams", {})
+        if device not in streams:
+            streams[device] = torch.cuda.Stream(device=device)
+        return streams[device]
+
+    def _staging(self) -> tuple[list[torch.Tensor], list[torch.cuda.Event]]:
+        if not hasattr(self._local, "staging"):
+            self._local.staging = [torch.empty(CHUNK_BYTES, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+            self._local.events = [torch.cuda.Event() for _ in range(2)]
+        return self._local.staging, self._local.events
+
+
+def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
+    """A flat uint8 view of a contiguous tensor's storage."""
+    return tensor.reshape(-1).view(torch.uint8)
+
+
+def _pread_into(fd: int, buffer: torch.Tensor, offset: int) -> None:
+    """Fill a CPU uint8 tensor from ``fd`` at ``offset`` (loops over short reads)."""
+    view = memoryview(buffer.numpy()).cast("B")
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise OSError(f"unexpected end of file reading {len(view)} bytes at offset {offset}")
+        done += n

@@ -1,0 +1,127 @@
+"""HookedModel: a thin facade over TransformerLens's TransformerBridge.
+
+TransformerLens's API works unchanged (``run_with_cache``, ``run_with_hooks``, ``hooks``, hook
+names such as ``blocks.3.hook_resid_post``); hooklab adds what it needs on top: the HF model,
+the placement of layers on devices and a fingerprint of the weights.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from hooklab.fingerprint import fingerprint
+
+if TYPE_CHECKING:
+    from hooklab.loading.placement import Placement
+
+
+class HookedModel:
+    """A loaded model with TransformerLens hooks.
+
+    Attributes not defined here are the bridge's, so ``model.run_with_cache(...)``,
+    ``model.hook_dict`` or ``model.blocks[3]`` are TransformerLens's own.
+
+    Example:
+        >>> model = hooklab.load("smollm2")
+        >>> logits, cache = model.run_with_cache("The Eiffel Tower is in")
+        >>> cache["blocks.3.hook_resid_post"].shape
+    """
+
+    def __init__(
+        self,
+        bridge: Any,
+        hf_model: PreTrainedModel,
+        tokenizer: Any,
+        placement: Placement,
+        name: str,
+        weight_slots: dict[str, tuple[nn.Module, str]],
+    ):
+        self.bridge = bridge
+        self.hf_model = hf_model
+        self.tokenizer = tokenizer
+        self.placement = placement
+        self.name = name
+        self._weight_slots = weight_slots
+        self._fingerprint: tuple[tuple, str] | None = None
+
+    @property
+    def cfg(self) -> Any:
+        """TransformerLens's config: ``n_layers``, ``d_model``, ``d_mlp``, ``n_heads``, ``d_vocab``, ..."""
+        return self.bridge.cfg
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "bridge":
+            raise AttributeError(name)
+        return getattr(self.bridge, name)
+
+    def __call__(self, input: Any, **kwargs: Any) -> Any:
+        return self.bridge(input, **kwargs)
+
+    def run_with_cache(self, *args: Any, **kwargs: Any) -> Any:
+        return self.bridge.run_with_cache(*args, **kwargs)
+
+    def run_with_hooks(self, *args: Any, **kwargs: Any) -> Any:
+        return self.bridge.run_with_hooks(*args, **kwargs)
+
+    def hooks(self, *args: Any, **kwargs: Any) -> Any:
+        return self.bridge.hooks(*args, **kwargs)
+
+    def to_tokens(self, input: str | list[str], **kwargs: Any) -> Int[Tensor, "batch pos"]:
+        """Token ids as the model's own tokenizer makes them (BOS only where it adds one)."""
+        return self.bridge.to_tokens(input, **kwargs)
+
+    def to_str_tokens(self, input: Any, **kwargs: Any) -> list[str]:
+        return self.bridge.to_str_tokens(input, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, prompt: str, max_new_tokens: int = 20) -> str:
+        """The greedy continuation of ``prompt`` (the new text only), stopping at end of sequence."""
+        tokens = self.to_tokens(prompt)
+        out = self.bridge.generate(
+            tokens, max_new_tokens=max_new_tokens, do_sample=False, stop_at_eos=True, verbose=False
+        )
+        return self.tokenizer.decode(out[0, tokens.shape[1] :], skip_special_tokens=True)
+
+    def named_weights(self) -> list[tuple[str, Tensor]]:
+        """The HF model's parameters under their checkpoint names (shared tensors once)."""
+        return [(name, getattr(module, attr)) for name, (module, attr) in self._weight_slots.items()]
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable digest of the weights' names, shapes, dtypes and contents.
+
+        Recomputed only when a weight was replaced or changed in place since the last call.
+        """
+        weights = self.named_weights()
+        key = tuple((id(p), p._version) for _, p in weights)
+        if self._fingerprint is None or self._fingerprint[0] != key:
+            self._fingerprint = (key, fingerprint(weights))
+        return self._fingerprint[1]
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        where = ", ".join(self.placement.distinct_devices)
+        return (
+            f"HookedModel({self.name!r}, {c.architecture}, n_layers={c.n_layers}, d_model={c.d_model}, "
+            f"d_mlp={c.d_mlp}, n_heads={c.n_heads}, d_vocab={c.d_vocab}, dtype={c.dtype}, on {where})"
+        )
+
+
+def weight_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Checkpoint name → (module, attribute) of every parameter, shared ones under their first name.
+
+    Taken before TransformerLens wraps the modules (which renames them), and resolved anew at
+    each use, so a parameter that is replaced later is still found.
+    """
+    slots, seen = {}, set()
+    for module_name, module in model.named_modules():
+        for attr, param in module.named_parameters(recurse=False):
+            if id(param) not in seen:
+                seen.add(id(param))
+                slots[f"{module_name}.{attr}" if module_name else attr] = (module, attr)
+    return slots

@@ -1,0 +1,132 @@
+"""Where things are in a model: the one module that knows module paths.
+
+Everything else names *sites* ("the MLP output projection of layer 17") and asks here for
+the module, its weight in one fixed orientation, its hook names and its device. The paths
+come from TransformerLens's architecture adapters, so every architecture TL supports works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformers import PretrainedConfig
+from transformers.pytorch_utils import Conv1D
+
+from hooklab.errors import UnsupportedArchitectureError
+
+if TYPE_CHECKING:
+    from hooklab.model import HookedModel
+
+
+@dataclass(frozen=True)
+class Layout:
+    """HF module paths of the parts a placement moves: the layer stack, final norm, unembedding."""
+
+    architecture: str
+    n_layers: int
+    layers: str
+    final_norm: str
+    unembed: str
+
+
+def layout_for(config: PretrainedConfig) -> Layout:
+    """The module layout of an HF config's architecture, from TransformerLens's adapter."""
+    # TL keeps these helpers in private modules; they are what boot_transformers itself uses.
+    from transformer_lens.factories.architecture_adapter_factory import ArchitectureAdapterFactory
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_config_from_hf
+    from transformer_lens.model_bridge.sources._hf_format import (
+        determine_architecture_from_hf_config,
+    )
+
+    try:
+        architecture = determine_architecture_from_hf_config(config)
+        bridge_config = build_bridge_config_from_hf(config, architecture, "layout", torch.float32)
+        adapter = ArchitectureAdapterFactory.select_architecture_adapter(bridge_config)
+    except ValueError as e:
+        raise UnsupportedArchitectureError(
+            f"TransformerLens has no adapter for this model ({e}). Use an architecture it "
+            "supports (GPT-2, Llama, Qwen2, Mistral, Gemma, ...) or upgrade transformer-lens."
+        ) from e
+    mapping = adapter.component_mapping
+    missing = [key for key in ("blocks", "ln_final", "unembed") if key not in mapping]
+    if missing:
+        raise UnsupportedArchitectureError(
+            f"{architecture} has no {missing} in TransformerLens's adapter, so hooklab cannot "
+            "place or edit it; use a decoder-only causal language model."
+        )
+    return Layout(
+        architecture=architecture,
+        n_layers=config.num_hidden_layers,
+        layers=mapping["blocks"].name,
+        final_norm=mapping["ln_final"].name,
+        unembed=mapping["unembed"].name,
+    )
+
+
+def resid_post(layer: int) -> str:
+    """Hook name of the residual stream after ``layer``."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def mlp_output(layer: int) -> str:
+    """Hook name of the MLP block's output (what the residual stream receives) at ``layer``."""
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def attn_output(layer: int) -> str:
+    """Hook name of the attention block's output at ``layer``."""
+    return f"blocks.{layer}.hook_attn_out"
+
+
+@dataclass(frozen=True)
+class MlpOut:
+    """Layer ``layer``'s MLP output projection: keys (d_mlp) in, values (d_model) out."""
+
+    layer: int
+    module: nn.Module
+    hook_in: str
+    hook_out: str
+
+    @property
+    def transposed(self) -> bool:
+        """True where the stored weight is (d_mlp, d_model), as in GPT-2's Conv1D."""
+        return isinstance(self.module, Conv1D)
+
+    @property
+    def weight(self) -> Float[Tensor, "d_model d_mlp"]:
+        """The weight as a (d_model, d_mlp) view: writing to it writes the model."""
+        w = self.module.weight
+        return w.T if self.transposed else w
+
+    @property
+    def device(self) -> torch.device:
+        return self.module.weight.device
+
+
+def mlp_out(model: HookedModel, layer: int) -> MlpOut:
+    """The MLP output projection of ``layer`` (where ROME, MEMIT and WISE write)."""
+    n_layers = model.cfg.n_layers
+    if not 0 <= layer < n_layers:
+        raise IndexError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
+    block = model.bridge.blocks[layer]
+    out = getattr(block.mlp, "out", None)
+    if out is None:
+        raise UnsupportedArchitectureError(
+            f"layer {layer}'s MLP has no single output projection in TransformerLens's adapter "
+            f"for {model.cfg.architecture}; edits need a dense MLP (not mixture-of-experts)."
+        )
+    return MlpOut(
+        layer=layer,
+        module=out.original_component,
+        hook_in=f"blocks.{layer}.mlp.out.hook_in",
+        hook_out=f"blocks.{layer}.mlp.out.hook_out",
+    )
+
+
+def layer_device(model: HookedModel, layer: int) -> torch.device:
+    """The device that holds ``layer``'s weights (and runs its forward)."""
+    return next(model.bridge.blocks[layer].parameters()).device
