@@ -22,7 +22,8 @@ from safetensors import safe_open
 
 from hooklab.loading.tensors import Wanted
 
-CHUNK_BYTES = 32 * 1024**2
+CHUNK_BYTES = 8 * 1024**2  # per staging buffer; each reader thread owns two
+GPU_READERS = 16  # threads reading towards GPUs (page-cache reads and copies scale to ~this)
 
 
 def read_tensors(
@@ -32,7 +33,7 @@ def read_tensors(
     jobs = sorted(wanted, key=lambda job: -job[0].entry.nbytes)  # biggest first: even finish
     gpu_jobs = any(device.type == "cuda" for _, device in jobs)
     if threads is None:
-        threads = min(16, os.cpu_count() or 1) if gpu_jobs else min(4, os.cpu_count() or 1)
+        threads = min(GPU_READERS, os.cpu_count() or 1) if gpu_jobs else min(4, os.cpu_count() or 1)
     reader, loaded = _Reader(), {}
 
     def work(job: tuple[Wanted, torch.device]) -> None:
@@ -92,7 +93,8 @@ class _Reader:
         entry = want.entry
         raw = torch.empty(entry.shape, dtype=entry.dtype, device=device)
         stream = self._stream(device)
-        staging, events = self._staging()
+        staging = self._staging()
+        events = [torch.cuda.Event(), torch.cuda.Event()]  # an event belongs to one device
         dst = _bytes_of(raw)
         fd = self._fd(entry.file)
         with torch.cuda.stream(stream):
@@ -114,11 +116,10 @@ class _Reader:
             streams[device] = torch.cuda.Stream(device=device)
         return streams[device]
 
-    def _staging(self) -> tuple[list[torch.Tensor], list[torch.cuda.Event]]:
+    def _staging(self) -> list[torch.Tensor]:
         if not hasattr(self._local, "staging"):
             self._local.staging = [torch.empty(CHUNK_BYTES, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
-            self._local.events = [torch.cuda.Event() for _ in range(2)]
-        return self._local.staging, self._local.events
+        return self._local.staging
 
 
 def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
