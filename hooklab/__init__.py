@@ -4,9 +4,39 @@ Load any local checkpoint into a TransformerLens-style hooked model (on one devi
 sharded over several), cache activations, locate and edit knowledge, merge models.
 """
 
+from hooklab.edit import (
+    Edit,
+    EditRequest,
+    MemitHparams,
+    RomeHparams,
+    apply_edit,
+    compute_edit,
+    edit,
+    requests_from_counterfact,
+    requests_from_zsre,
+)
 from hooklab.errors import HooklabError
+from hooklab.evaluate import evaluate
 from hooklab.lens import LogitLens, logit_lens
 from hooklab.loading import Placement, load, plan_placement
 from hooklab.model import HookedModel
 
-__all__ = ["HookedModel", "HooklabError", "LogitLens", "Placement", "load", "logit_lens", "plan_placement"]
+__all__ = [
+    "Edit",
+    "EditRequest",
+    "HookedModel",
+    "HooklabError",
+    "LogitLens",
+    "MemitHparams",
+    "Placement",
+    "RomeHparams",
+    "apply_edit",
+    "compute_edit",
+    "edit",
+    "evaluate",
+    "load",
+    "logit_lens",
+    "plan_placement",
+    "requests_from_counterfact",
+    "requests_from_zsre",
+]
