@@ -94,18 +94,18 @@ def test_multi_gpu_forward_and_cache(pico):
 
 
 @pytest.mark.gpu
-def test_failed_gpu_load_leaves_no_memory(pico_sharded, copy_of):
+def test_failed_gpu_load_leaves_no_memory(pico_sharded, copy_of, tmp_path):
     import json
 
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated()
-    missing_shard = copy_of(pico_sharded)
+    missing_shard = copy_of(pico_sharded).rename(tmp_path / "missing-shard")
     index = json.loads((missing_shard / "model.safetensors.index.json").read_text())
     (missing_shard / sorted(set(index["weight_map"].values()))[-1]).unlink()
     with pytest.raises(HooklabError, match="copy the missing files"):
         hooklab.load(missing_shard, device="cuda:0")
 
-    wrong_shape = copy_of(pico_sharded).rename(missing_shard.parent / "wrong-shape")
+    wrong_shape = copy_of(pico_sharded)
     config = json.loads((wrong_shape / "config.json").read_text())
     config["vocab_size"] += 1
     (wrong_shape / "config.json").write_text(json.dumps(config))
