@@ -38,7 +38,7 @@ def _same_architecture(a: TensorSource, b: TensorSource) -> None:
     archs = ca.get("architectures"), cb.get("architectures")
     if all(archs) and archs[0] != archs[1]:
         raise MergeMismatchError(
-            f"{a.label} is {archs[0]} but {b.label} is {archs[1]}; merging needs models of one "
+            f"{a.label} is {', '.join(archs[0])} but {b.label} is {', '.join(archs[1])}; merging needs models of one "
             "architecture (fine-tunes of one base model)."
         )
     for field in STRUCTURE:
