@@ -235,10 +235,11 @@ def main() -> None:
     print(f"inputs {a}, {b}: {in_bytes / 1e9:.2f} GB, ready in {time.perf_counter() - start:.0f} s", flush=True)
     methods = args.methods or (["linear", "ties"] if on_gpu else ["linear", "ties", "slerp", "cocktail"])
     runs = [(sys.executable, {"tool": "hooklab", "method": m, "workers": w or None}) for m in methods for w in args.workers]
-    if args.mergekit_python:
-        runs += [(args.mergekit_python, {"tool": "mergekit", "method": m}) for m in ("linear", "ties")]
+    if args.mergekit_python:  # the same methods, as each tool calls them
+        runs += [(args.mergekit_python, {"tool": "mergekit", "method": m}) for m in ("linear", "ties") if m in methods]
     if args.cocktail_python:
-        runs += [(args.cocktail_python, {"tool": "lm-cocktail", "method": m}) for m in ("mix_models", "mix_models_with_data")]
+        ours = {"mix_models": "linear", "mix_models_with_data": "cocktail"}
+        runs += [(args.cocktail_python, {"tool": "lm-cocktail", "method": m}) for m, mine in ours.items() if mine in methods]
     rows = []
     for _ in range(args.repeats):
         for python, spec in runs:

@@ -16,7 +16,7 @@ def reference_ties(base, tensors, weights, density):
     deltas = []
     for t, w in zip(tensors, weights):
         tau = (t - base).flatten()
-        k = round(density * tau.numel())
+        k = max(1, int(density * tau.numel()))
         keep = torch.zeros_like(tau, dtype=torch.bool)
         keep[tau.abs().argsort(descending=True, stable=True)[:k]] = True
         deltas.append(torch.where(keep, tau, 0) * w)
@@ -92,6 +92,29 @@ def test_trim_keeps_exactly_k_when_magnitudes_tie(small_chunks):
     got = task_arithmetic(base, [t], [1.0], density=0.25)
     assert int((got != 0).sum()) == 10
     assert torch.equal(got[:10], t[:10])  # the first ones are kept
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kth_largest_equals_kthvalue(dtype):
+    g = torch.Generator().manual_seed(4)
+    values = torch.cat([torch.randn(5000, generator=g).abs(), torch.zeros(300), torch.full((200,), 0.5)]).to(dtype)
+    values[:100] *= 1e-30  # tiny and subnormal-ish magnitudes too
+    n = values.numel()
+    for k in (1, 2, 150, 2600, 5200, n - 1, n):
+        assert methods.kth_largest(values, k) == values.kthvalue(n - k + 1).values, k
+
+
+def test_results_go_into_out_when_given():
+    g = torch.Generator().manual_seed(5)
+    base, a, b = (torch.randn(30, generator=g) for _ in range(3))
+    for call in (lambda out: linear([a, b], [1, 2], out=out), lambda out: linear([a, b, base], [1, 2, 3], out=out),
+                 lambda out: ties(base, [a, b], [1, 1], 0.5) if out is None else task_arithmetic(
+                     base, [a, b], [1, 1], density=0.5, consensus="sum", normalize=True, out=out),
+                 lambda out: slerp(a, b, 0.3, out=out)):  # fmt: skip
+        out = torch.full((30,), float("nan"))
+        assert call(out) is out and torch.equal(out, call(None))
+    with pytest.raises(ValueError, match="out must be"):
+        linear([a, b], [1, 1], out=torch.empty(3))
 
 
 def test_task_arithmetic_is_base_plus_scaled_task_vectors():

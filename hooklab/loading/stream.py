@@ -26,6 +26,7 @@ from hooklab.loading.checkpoint import TensorEntry
 from hooklab.loading.tensors import Wanted
 
 CHUNK_BYTES = 32 * 1024**2
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux's value; Python names it from 3.14
 
 
 def read_tensors(
@@ -131,7 +132,10 @@ class TensorIO:
             _pread_into(self._fd(entry.file), _bytes_of(tensor), entry.offset)
             return tensor
         mapped = mmap.mmap(self._fd(entry.file), entry.offset + entry.nbytes - start, access=mmap.ACCESS_COPY, offset=start)
-        mapped.madvise(mmap.MADV_WILLNEED)
+        try:  # fault the pages in with one call rather than one trap per 64 KB during the merge
+            mapped.madvise(_MADV_POPULATE_READ)
+        except OSError:  # kernels before 5.14
+            mapped.madvise(mmap.MADV_WILLNEED)
         raw = torch.frombuffer(mapped, dtype=torch.uint8, offset=entry.offset - start, count=entry.nbytes)
         return raw.view(entry.dtype).reshape(entry.shape)
 

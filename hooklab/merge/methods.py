@@ -1,7 +1,8 @@
 """Merge methods: pure functions from same-shaped tensors (one per model) to one tensor.
 
 They never write their inputs, work on any device, and compute in float32 (float64 when an
-input is float64), returning that dtype: callers cast to the dtype they store. The equations
+input is float64), returning that dtype: callers cast to the dtype they store. ``out=``
+takes a tensor to write the result into, for callers that reuse memory across tensors. The equations
 are in this folder's README.
 
 The task-arithmetic family is one function, :func:`task_arithmetic`: plain task arithmetic
@@ -35,7 +36,11 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
 
 
 def linear(
-    tensors: Sequence[Float[Tensor, "*shape"]], weights: Sequence[float], *, normalize: bool = True
+    tensors: Sequence[Float[Tensor, "*shape"]],
+    weights: Sequence[float],
+    *,
+    normalize: bool = True,
+    out: Float[Tensor, "*shape"] | None = None,
 ) -> Float[Tensor, "*shape"]:
     """Weighted sum Σ wᵢ θᵢ, divided by Σ wᵢ when ``normalize`` (model soup, LM-Cocktail's mix).
 
@@ -50,16 +55,16 @@ def linear(
     if normalize and abs(total) < 1e-12:
         raise ValueError(f"weights {list(weights)} sum to 0; linear merging with normalize=True divides by the sum")
     coef = [w / total for w in weights] if normalize else list(weights)
+    out = _output(tensors[0], dtype, out)
     if len(tensors) == 2 and normalize:
-        return torch.lerp(tensors[0].to(dtype), tensors[1].to(dtype), coef[1])  # one fused pass
-    flats = [t.reshape(-1) for t in tensors]
-    out = torch.empty(flats[0].shape, dtype=dtype, device=flats[0].device)
-    for part in _slices(out):
+        return torch.lerp(tensors[0].to(dtype), tensors[1].to(dtype), coef[1], out=out)  # one fused pass
+    flats, flat_out = [t.reshape(-1) for t in tensors], out.view(-1)
+    for part in _slices(flat_out):
         first = flats[0][part].to(dtype)
-        torch.mul(first, math.fsum(coef), out=out[part])
+        torch.mul(first, math.fsum(coef), out=flat_out[part])
         for c, t in zip(coef[1:], flats[1:]):
-            out[part].add_(t[part].to(dtype) - first, alpha=c)
-    return out.reshape(tensors[0].shape)
+            flat_out[part].add_(t[part].to(dtype) - first, alpha=c)
+    return out
 
 
 def task_arithmetic(
@@ -74,14 +79,15 @@ def task_arithmetic(
     rescale: bool | None = None,
     scale: float = 1.0,
     generator: torch.Generator | None = None,
+    out: Float[Tensor, "*shape"] | None = None,
 ) -> Float[Tensor, "*shape"]:
     """θ_base + λ · combine(wᵢ · sparsify(θᵢ − θ_base)): task arithmetic, TIES and DARE in one.
 
     Args:
         density: share of each task vector kept (1 keeps all).
-        sparsify: ``"magnitude"`` keeps the round(density · n) largest |τ| (TIES's trim; of
-            equal magnitudes the first ones); ``"dare"`` keeps each entry with probability
-            ``density`` (DARE).
+        sparsify: ``"magnitude"`` keeps the ⌊density · n⌋ (at least 1) largest |τ| (TIES's
+            trim; of equal magnitudes the first ones); ``"dare"`` keeps each entry with
+            probability ``density`` (DARE).
         consensus: ``None`` sums the weighted task vectors; ``"sum"`` (TIES) or ``"count"``
             elects a sign per entry (sign of Σ wᵢτᵢ, or of Σ sign(wᵢτᵢ); + on a tie) and sums
             only the entries that agree with it.
@@ -89,6 +95,7 @@ def task_arithmetic(
         rescale: divide kept entries by ``density`` (default: only for DARE).
         scale: λ, multiplies the combined task vector.
         generator: DARE's random source (on the tensors' device), for drops that repeat.
+        out: where to write the result (shape of ``base``, the compute dtype); default a new tensor.
 
     Example:
         >>> task_arithmetic(base, [math_ft, code_ft], [1.0, 1.0], scale=0.5)
@@ -106,8 +113,9 @@ def task_arithmetic(
     flat_base, flats = base.reshape(-1), [t.reshape(-1) for t in tensors]
     # Trimming needs each whole task vector's k-th largest magnitude; all else is per entry.
     trims = [_Trim(t, flat_base, density, dtype) for t in flats] if density < 1 and sparsify == "magnitude" else None
-    out = torch.empty(flat_base.shape, dtype=dtype, device=base.device)
-    for part in _slices(out):
+    out = _output(base, dtype, out)
+    flat_out = out.view(-1)
+    for part in _slices(flat_out):
         origin = flat_base[part].to(dtype)
         deltas = []  # wᵢ · τᵢ on this slice, sparsified
         for i, (w, t) in enumerate(zip(weights, flats)):
@@ -118,8 +126,8 @@ def task_arithmetic(
                 if rescale:
                     delta /= density
             deltas.append(delta.mul_(w) if w != 1 else delta)
-        torch.add(origin, _combine(deltas, weights, consensus, normalize), alpha=scale, out=out[part])
-    return out.reshape(base.shape)
+        torch.add(origin, _combine(deltas, weights, consensus, normalize), alpha=scale, out=flat_out[part])
+    return out
 
 
 def ties(
@@ -147,7 +155,12 @@ def ties(
 
 
 def slerp(
-    a: Float[Tensor, "*shape"], b: Float[Tensor, "*shape"], t: float, *, dot_threshold: float = 0.9995
+    a: Float[Tensor, "*shape"],
+    b: Float[Tensor, "*shape"],
+    t: float,
+    *,
+    dot_threshold: float = 0.9995,
+    out: Float[Tensor, "*shape"] | None = None,
 ) -> Float[Tensor, "*shape"]:
     """Spherical interpolation from ``a`` (t=0) to ``b`` (t=1), each tensor taken as one vector.
 
@@ -164,15 +177,16 @@ def slerp(
     a, b = a.to(dtype), b.to(dtype)
     norms = float(torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b))
     cos = float(torch.vdot(a.reshape(-1), b.reshape(-1))) / norms if norms > 0 else 1.0
+    out = _output(a, dtype, out)
     if abs(cos) > dot_threshold:
-        return torch.lerp(a, b, t)
+        return torch.lerp(a, b, t, out=out)
     theta = math.acos(max(-1.0, min(1.0, cos)))
-    out = a * (math.sin((1 - t) * theta) / math.sin(theta))
+    torch.mul(a, math.sin((1 - t) * theta) / math.sin(theta), out=out)
     return out.add_(b, alpha=math.sin(t * theta) / math.sin(theta))
 
 
 class _Trim:
-    """TIES's trim of one task vector: keep its k = round(density · n) largest magnitudes.
+    """TIES's trim of one task vector: keep its k = ⌊density · n⌋ (at least 1) largest magnitudes.
 
     The threshold (k-th largest |τ|) is found on the whole vector; ``keep`` is then called on
     its slices in order, handing out the entries tied at the threshold first come, first kept.
@@ -180,13 +194,13 @@ class _Trim:
 
     def __init__(self, tensor: Tensor, base: Tensor, density: float, dtype: torch.dtype):
         n = base.numel()
-        self.k = round(density * n)
+        self.k = max(1, int(density * n))  # as mergekit counts, so the two agree
         magnitude = torch.empty(n, dtype=dtype, device=base.device)  # |τ|, whole
         for part in _slices(magnitude):
             torch.sub(tensor[part].to(dtype), base[part].to(dtype), out=magnitude[part]).abs_()
         self.threshold, self.tie_budget = None, 0  # None: keep all (k = n) or none (k = 0)
         if 0 < self.k < n:
-            self.threshold = magnitude.kthvalue(n - self.k + 1).values  # the k-th largest
+            self.threshold = kth_largest(magnitude, self.k)
             self.tie_budget = self.k - int((magnitude > self.threshold).sum())
 
     def keep(self, delta: Tensor) -> Tensor:
@@ -199,6 +213,32 @@ class _Trim:
             keep[tied] = True
             self.tie_budget -= len(tied)
         return keep
+
+
+def kth_largest(values: Tensor, k: int) -> Tensor:
+    """The k-th largest of non-negative floats, exactly, in a few O(n) passes on any device.
+
+    A radix select: for non-negative IEEE floats, the order of the bit patterns read as
+    integers is the order of the values, so counting 11-bit digits from the top (``bincount``)
+    narrows down the k-th largest pattern digit by digit. ``kthvalue`` would do, but on a GPU
+    it runs each row in one thread block, slow for the hundreds of millions of entries of an
+    8B model's embedding.
+    """
+    ints = values.reshape(-1).view({4: torch.int32, 8: torch.int64}[values.element_size()])
+    bit = 8 * values.element_size() - 1  # the sign bit is 0
+    prefix, remaining, candidates = 0, k, ints
+    while bit > 0:
+        width = min(11, bit)
+        bit -= width
+        digit = (candidates >> bit) & ((1 << width) - 1)
+        at_least = torch.bincount(digit, minlength=1 << width).flip(0).cumsum(0)  # count with digit >= d, d from the top
+        i = int(torch.searchsorted(at_least, remaining))
+        if i:
+            remaining -= int(at_least[i - 1])
+        chosen = (1 << width) - 1 - i
+        candidates = candidates[digit == chosen]
+        prefix |= chosen << bit
+    return torch.tensor(prefix, dtype=ints.dtype, device=values.device).view(values.dtype)
 
 
 def _combine(deltas: list[Tensor], weights: Sequence[float], consensus: Consensus | None, normalize: bool) -> Tensor:
@@ -223,6 +263,15 @@ def _summed(tensors: list[Tensor]) -> Tensor:
     out = tensors[0].clone()
     for t in tensors[1:]:
         out += t
+    return out
+
+
+def _output(like: Tensor, dtype: torch.dtype, out: Tensor | None) -> Tensor:
+    """``out`` checked to fit the result, or a new tensor."""
+    if out is None:
+        return torch.empty(like.shape, dtype=dtype, device=like.device)
+    if out.shape != like.shape or out.dtype != dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {dtype} tensor of shape {tuple(like.shape)}, got {out.dtype} {tuple(out.shape)}")
     return out
 
 

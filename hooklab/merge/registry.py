@@ -61,6 +61,7 @@ class Inputs:
     base: Tensor | None
     params: Mapping[str, Value]
     generator: torch.Generator | None
+    out: Tensor | None = None  # where to write the result (reused memory), if the caller has one
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def _task_arithmetic(x: Inputs) -> Tensor:
         return x.base.clone()
     return methods.task_arithmetic(
         x.base, x.tensors, x.weights, density=p["density"], sparsify=p["sparsify"], consensus=p["consensus"],
-        normalize=p["normalize"], rescale=p["rescale"], scale=p["scale"], generator=x.generator,
+        normalize=p["normalize"], rescale=p["rescale"], scale=p["scale"], generator=x.generator, out=x.out,
     )  # fmt: skip
 
 
@@ -134,7 +135,7 @@ METHODS: Mapping[str, Method] = MappingProxyType(
         "linear": Method(
             "linear",
             "Σ wᵢ θᵢ / Σ wᵢ (model soup; LM-Cocktail's mix, with weights='auto')",
-            lambda x: methods.linear(x.tensors, x.weights, normalize=x.params["normalize"]),
+            lambda x: methods.linear(x.tensors, x.weights, normalize=x.params["normalize"], out=x.out),
             {"normalize": Param(True, choices=(True, False))},
         ),
         "task_arithmetic": Method(
@@ -154,7 +155,7 @@ METHODS: Mapping[str, Method] = MappingProxyType(
         "slerp": Method(
             "slerp",
             "spherical interpolation between two models, t=0 the first (or the base), t=1 the second",
-            lambda x: methods.slerp(x.tensors[0], x.tensors[1], x.params["t"]),
+            lambda x: methods.slerp(x.tensors[0], x.tensors[1], x.params["t"], out=x.out),
             {"t": Param(0.5, low=0.0, high=1.0, by_depth=True)},
             weighted=False,
             n_models=2,

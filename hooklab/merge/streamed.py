@@ -10,7 +10,6 @@ the output folder, free disk space), and the output appears only when it is comp
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -18,26 +17,25 @@ import os
 import shutil
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from accelerate.utils import convert_file_size_to_int
-from tqdm.auto import tqdm
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from hooklab.errors import MergeConfigError
 from hooklab.loading.dtypes import resolve_dtype
 from hooklab.loading.placement import resolve_devices
 from hooklab.loading.stream import TensorIO
-from hooklab.merge import registry
+from hooklab.merge import methods, registry
 from hooklab.merge.checks import check_compatible
 from hooklab.merge.cocktail import ExamplesLike, cocktail_weights
 from hooklab.merge.sources import FolderSource, TensorSource, TensorSpec, open_sources
-from hooklab.merge.writer import Plan, StagedCheckpoint, plan_shards
+from hooklab.merge.pipeline import Scratch, run_pipeline
+from hooklab.merge.writer import StagedCheckpoint, plan_shards
 from hooklab.model import HookedModel
 from hooklab.sites import layout_for, tensor_depth
 
@@ -120,18 +118,25 @@ def merge(
         _check_space(out, plan.nbytes)
         log.info("merging %s with %s (weights %s) on %s into %s", [s.label for s in inputs], method, merge_weights, slot, out)
 
-        def merge_one(name: str) -> torch.Tensor:
-            where = torch.device(slot)
+        def merge_one(name: str, scratch: Scratch | None) -> torch.Tensor:
+            """Tensor ``name`` merged, in its output dtype (in ``scratch``'s memory where given)."""
+            where, target = torch.device(slot), plan.slots[name].spec
             if not specs[name].dtype.is_floating_point:  # integer buffers are not averaged
                 return primary.read(name, where)
             at = registry.at_depth(params, tensor_depth(layout, name))
             tensors = [s.read(name, where) for s in inputs]
             base_tensor = base_src.read(name, where) if spec.needs_base else None
-            return spec.run(registry.Inputs(tensors, list(merge_weights or ()), base_tensor, at, _generator(at, name, slot)))
+            dtype = methods.compute_dtype(*tensors, *([base_tensor] if base_tensor is not None else []))
+            buffer = scratch.get("result", target.shape, dtype) if scratch else None
+            merged = spec.run(registry.Inputs(tensors, list(merge_weights or ()), base_tensor, at,
+                                              _generator(at, name, slot), buffer))  # fmt: skip
+            if merged.dtype == target.dtype:
+                return merged
+            return scratch.get("cast", target.shape, target.dtype).copy_(merged) if scratch else merged.to(target.dtype)
 
         layout = layout_for(primary.config)
         with StagedCheckpoint(out, plan, overwrite=overwrite) as staged:
-            _stream(plan, merge_one, staged, io, slot, workers or (4 if slot.startswith("cuda") else 1), method)
+            run_pipeline(plan, merge_one, staged, io, slot, workers or (4 if slot.startswith("cuda") else 1), f"merge ({method})")
             primary.save_tokenizer(staged.folder)
             provenance = dict(method=method, parameters=dict(params), models=[s.label for s in inputs],
                               base=base_src.label if base_src else None, weights=merge_weights, losses=losses,
@@ -148,74 +153,6 @@ def merge(
     seconds = time.perf_counter() - start
     log.info("merged %.2f GB into %s in %.1f s", plan.nbytes / 1e9, path, seconds)
     return MergeResult(path, method, merge_weights, losses, plan.nbytes, seconds)
-
-
-def _stream(
-    plan: Plan, merge_one: Callable[[str], torch.Tensor], staged: StagedCheckpoint, io: TensorIO,
-    slot: str, workers: int, method: str,
-) -> None:  # fmt: skip
-    """Merge and write every planned tensor, ``workers`` at a time, with a progress bar in bytes.
-
-    On a GPU each worker thread reads, merges and writes its tensor on its own CUDA stream. On
-    the CPU with one worker, a tensor's write overlaps the next one's merge in a background
-    thread, and the sources still have one tensor each in memory.
-    """
-    dtypes = {name: s.spec.dtype for name, s in plan.slots.items()}
-    on_gpu = slot.startswith("cuda")
-    progress = tqdm(total=plan.nbytes, unit="B", unit_scale=True, desc=f"merge ({method})", disable=None)
-
-    def write(name: str, tensor: torch.Tensor) -> None:
-        staged.write(name, tensor, io)
-        progress.update(plan.slots[name].spec.nbytes)
-
-    background = workers <= 1 and not on_gpu
-    with progress, ThreadPoolExecutor(max_workers=1) as writer:
-        pending: list[Future] = []
-
-        def work(name: str) -> None:
-            with torch.cuda.stream(io.stream(torch.device(slot))) if on_gpu else contextlib.nullcontext():
-                result = merge_one(name).to(dtypes[name])
-                if not background:
-                    write(name, result)
-                    return
-            if pending:
-                pending.pop().result()  # one write in flight at a time
-            pending.append(writer.submit(write, name, result))
-
-        _for_each(_interleaved(plan), work, workers)
-        for future in pending:
-            future.result()
-
-
-def _interleaved(plan: Plan) -> list[str]:
-    """Tensor names taking shards in turn, so concurrent workers write to different files."""
-    by_shard: dict[int, list[str]] = {}
-    for slot in sorted(plan.slots.values(), key=lambda s: s.offset):
-        by_shard.setdefault(slot.shard, []).append(slot.name)
-    rounds = max(len(names) for names in by_shard.values())
-    return [names[i] for i in range(rounds) for names in by_shard.values() if i < len(names)]
-
-
-def _for_each(items: Iterable[str], fn: Callable[[str], None], workers: int) -> None:
-    """``fn`` on every item, at most ``workers`` at once; the first error stops the rest."""
-    if workers <= 1:
-        for item in items:
-            fn(item)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: set = set()
-        try:
-            for item in items:
-                if len(pending) >= workers:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        future.result()
-                pending.add(pool.submit(fn, item))
-            for future in wait(pending).done:
-                future.result()
-        finally:
-            for future in pending:
-                future.cancel()
 
 
 def _roles(
