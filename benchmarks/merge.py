@@ -247,6 +247,8 @@ def main() -> None:
             row = run_child(python, {**spec, "a": str(a), "b": str(b), "out": str(out), "device": args.device})
             print(json.dumps(row), flush=True)
             rows.append(row)
+            if on_gpu:  # 16 GB each: no room to keep them (nor other tools to compare with)
+                shutil.rmtree(out, ignore_errors=True)
     same = {"mergekit linear": "hooklab linear", "mergekit ties": "hooklab ties",
             "lm-cocktail mix_models": "hooklab linear", "lm-cocktail mix_models_with_data": "hooklab cocktail"}  # fmt: skip
     for r in rows:
