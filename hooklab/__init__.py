@@ -7,6 +7,10 @@ sharded over several), cache activations, locate and edit knowledge, merge model
 from hooklab.errors import HooklabError
 from hooklab.lens import LogitLens, logit_lens
 from hooklab.loading import Placement, load, plan_placement
+from hooklab.merge import MergeResult, merge
 from hooklab.model import HookedModel
 
-__all__ = ["HookedModel", "HooklabError", "LogitLens", "Placement", "load", "logit_lens", "plan_placement"]
+__all__ = [
+    "HookedModel", "HooklabError", "LogitLens", "MergeResult", "Placement", "load", "logit_lens", "merge",
+    "plan_placement",
+]  # fmt: skip

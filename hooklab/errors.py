@@ -56,3 +56,11 @@ class HookNameError(HooklabError, KeyError):
 
 class MissingTokenizerError(HooklabError):
     """A model folder without tokenizer files."""
+
+
+class MergeMismatchError(HooklabError):
+    """Models to merge disagree: architecture, tensor names or shapes, or tokenizer vocabulary."""
+
+
+class MergeConfigError(HooklabError):
+    """A merge asked for something that cannot work: method, weights, parameters, output folder, YAML."""
