@@ -19,24 +19,12 @@ from hooklab.errors import HooklabError
 from hooklab.evaluate import evaluate
 from hooklab.lens import LogitLens, logit_lens
 from hooklab.loading import Placement, load, plan_placement
+from hooklab.merge import MergeResult, merge
 from hooklab.model import HookedModel
 
 __all__ = [
-    "Edit",
-    "EditRequest",
-    "HookedModel",
-    "HooklabError",
-    "LogitLens",
-    "MemitHparams",
-    "Placement",
-    "RomeHparams",
-    "apply_edit",
-    "compute_edit",
-    "edit",
-    "evaluate",
-    "load",
-    "logit_lens",
+    "HookedModel", "HooklabError", "LogitLens", "MergeResult", "Placement", "load", "logit_lens", "merge",
     "plan_placement",
-    "requests_from_counterfact",
-    "requests_from_zsre",
-]
+    "Edit", "EditRequest", "MemitHparams", "RomeHparams", "apply_edit", "compute_edit", "edit", "evaluate",
+    "requests_from_counterfact", "requests_from_zsre",
+]  # fmt: skip
