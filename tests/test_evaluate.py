@@ -6,18 +6,13 @@ import math
 
 import pytest
 import torch
-from editing import FACTS, key_moments
+from editing import FACTS, key_moments, llama  # noqa: F401 (fixture)
 
 import hooklab
 from hooklab.errors import RecordFormatError
 from hooklab.evaluate import score_counterfact, score_zsre
 from hooklab.evaluate.fluency import generate_texts, ngram_entropy
 from hooklab.evaluate.scoring import score
-
-
-@pytest.fixture(scope="module")
-def llama(pico_llama):
-    return hooklab.load(pico_llama, device="cpu")
 
 
 def reference(model, prompt: str, continuation: str) -> tuple[torch.Tensor, torch.Tensor]:
