@@ -49,3 +49,24 @@ def llama(pico_llama):
 def stats(llama):
     """Its key statistics at every layer."""
     return key_moments(llama, range(llama.cfg.n_layers))
+
+
+@pytest.fixture(scope="session")
+def pico_llama4(tmp_path_factory, tokenizer_dir):
+    """A 4-layer pico Llama: enough layers for an edit window that spans two device slots."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    torch.manual_seed(4)
+    config = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=384, max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3) if p.dim() > 1 else p.uniform_(0.5, 1.5)
+    out = tmp_path_factory.mktemp("llama4")
+    model.save_pretrained(out)
+    PreTrainedTokenizerFast.from_pretrained(tokenizer_dir).save_pretrained(out)
+    return out
