@@ -4,9 +4,13 @@ Load any local checkpoint into a TransformerLens-style hooked model (on one devi
 sharded over several), cache activations, locate and edit knowledge, merge models.
 """
 
+from hooklab.cache import Activations, Mean, SecondMoment, collect
 from hooklab.errors import HooklabError
 from hooklab.lens import LogitLens, logit_lens
 from hooklab.loading import Placement, load, plan_placement
 from hooklab.model import HookedModel
 
-__all__ = ["HookedModel", "HooklabError", "LogitLens", "Placement", "load", "logit_lens", "plan_placement"]
+__all__ = [
+    "Activations", "HookedModel", "HooklabError", "LogitLens", "Mean", "Placement", "SecondMoment",
+    "collect", "load", "logit_lens", "plan_placement",
+]  # fmt: skip

@@ -56,3 +56,19 @@ class HookNameError(HooklabError, KeyError):
 
 class MissingTokenizerError(HooklabError):
     """A model folder without tokenizer files."""
+
+
+class LayerIndexError(HooklabError, IndexError):
+    """A layer number outside the model's layers."""
+
+
+class UnsupportedHookError(HooklabError):
+    """A hook whose activations cannot be collected per token (attention patterns, gated hooks)."""
+
+
+class EmptyCorpusError(HooklabError, ValueError):
+    """Data that holds no tokens to run."""
+
+
+class OutputDirError(HooklabError):
+    """An activation folder that cannot be written, or that holds a different collection."""

@@ -1,0 +1,207 @@
+"""One pass of the model over a corpus with only the requested hooks, stopping after the last one.
+
+Each hook hands the rows it keeps, ``(n, *shape)`` on its layer's device, to an ``emit``
+callback (a writer, or a running reduction). Only these hooks run: there is no full cache,
+and the forward stops right after the last requested block instead of computing the rest of
+the model and the logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+from hooklab import sites
+from hooklab.cache.corpus import Batch, Corpus, prefetched
+from hooklab.errors import UnsupportedHookError
+from hooklab.model import HookedModel
+
+Positions = Literal["all", "last"] | Bool[Tensor, "sequence pos"]
+Emit = Callable[[str, Tensor], None]
+
+
+class Selector:
+    """Which of a batch's (batch × pos) rows to keep: all real tokens, each row's last, or a mask."""
+
+    def __init__(self, positions: Positions) -> None:
+        if isinstance(positions, Tensor):
+            if positions.dtype != torch.bool or positions.dim() != 2:
+                raise ValueError(
+                    "positions must be 'all', 'last' or a bool mask of shape (n_sequences, pos), "
+                    f"got a {positions.dtype} tensor of shape {tuple(positions.shape)}"
+                )
+            self.mask: Tensor | None = positions.cpu()
+        elif positions in ("all", "last"):
+            self.mask = None
+        else:
+            raise ValueError(f"positions must be 'all', 'last' or a bool mask, got {positions!r}")
+        self.positions = positions
+        self.keep: Tensor | None = None
+        self._on: dict[torch.device, Tensor] = {}
+
+    @property
+    def key(self) -> str:
+        """What the selection depends on, for manifests and cache keys."""
+        if self.mask is None:
+            return str(self.positions)
+        return "mask:" + hashlib.sha256(self.mask.numpy().tobytes() + str(tuple(self.mask.shape)).encode()).hexdigest()[:16]
+
+    def set(self, batch: Batch) -> Int[Tensor, "n 3"]:
+        """Choose the rows of ``batch`` to keep; returns their (sequence, position, token id)."""
+        n_rows, width = batch.tokens.shape
+        pos = torch.arange(width)
+        if self.positions == "last":
+            keep = torch.zeros(n_rows, width, dtype=torch.bool)
+            keep[torch.arange(n_rows), batch.lengths - 1] = True
+        else:
+            keep = pos[None, :] < batch.lengths[:, None]  # (B, T): real tokens
+            if self.mask is not None:
+                seqs = batch.sequences
+                if int(seqs.max()) >= self.mask.shape[0]:
+                    raise ValueError(
+                        f"the positions mask has {self.mask.shape[0]} rows but the data has more sequences; "
+                        "give one mask row per sequence (per string of the list)."
+                    )
+                mask = self.mask[seqs, :width]
+                keep[:, : mask.shape[1]] &= mask
+                keep[:, mask.shape[1] :] = False
+        flat = keep.reshape(-1).nonzero().squeeze(1)  # (n,) indices into B*T
+        self.keep = None if flat.numel() == n_rows * width else flat
+        self._on = {}
+        b, t = flat // width, flat % width
+        return torch.stack([batch.sequences[b], t, batch.tokens[b, t]], dim=1)
+
+    def on(self, device: torch.device) -> Tensor | None:
+        """The kept row indices on ``device`` (None: keep every row), moved there once per batch."""
+        if self.keep is None:
+            return None
+        if device not in self._on:
+            self._on[device] = self.keep.to(device, non_blocking=True)
+        return self._on[device]
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    """What one requested hook gives per token."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+def stop_hook_name(model: HookedModel, hooks: list[str]) -> str | None:
+    """The hook after which none of ``hooks`` fires (None: they need the whole forward)."""
+    layers = [sites.hook_layer(name) for name in hooks]
+    if any(layer is None and not sites.is_embedding_hook(model, name) for name, layer in zip(hooks, layers)):
+        return None  # final norm, unembedding: run to the end
+    in_blocks = [layer for layer in layers if layer is not None]
+    return sites.block_output(max(in_blocks)) if in_blocks else sites.block_input(0)
+
+
+def hook_device(model: HookedModel, name: str) -> torch.device:
+    """The device a hook's activations are on: its layer's, or the embedding's / head's."""
+    layer = sites.hook_layer(name)
+    if layer is not None:
+        return sites.layer_device(model, layer)
+    p = model.placement
+    return torch.device(p.devices[p.first] if sites.is_embedding_hook(model, name) else p.devices[p.last])
+
+
+def _stop(x: Tensor, hook: object) -> None:
+    raise StopAtLayerException(x)  # TransformerLens's forward catches it and returns
+
+
+def _forward(model: HookedModel, tokens: Tensor, hooks: list[tuple[str, Callable]], stop: str | None) -> None:
+    fwd = hooks + ([(stop, _stop)] if stop else [])  # the stop hook last: it fires after the others
+    with model.hooks(fwd_hooks=fwd):
+        model.bridge.forward(tokens, return_type=None)
+
+
+@torch.no_grad()
+def probe(model: HookedModel, hooks: list[str], batch: Batch) -> dict[str, HookSpec]:
+    """Run a few tokens to learn each hook's per-token shape and dtype, and check it can be collected."""
+    for name in hooks:
+        if sites.position_dim(model, name) != 1:
+            raise UnsupportedHookError(
+                f"{name} is not laid out (batch, position, ...) (attention patterns are (batch, head, query, key)), "
+                "so it cannot be collected per token; use model.run_with_cache for it."
+            )
+    width = int(min(3, batch.lengths[0]))
+    tokens = batch.tokens[:1, :width].to(hook_device(model, "hook_embed"))
+    seen: dict[str, Tensor] = {}
+
+    def record(name: str) -> Callable:
+        return lambda x, hook: seen.setdefault(name, x)
+
+    _forward(model, tokens, [(name, record(name)) for name in hooks], stop_hook_name(model, hooks))
+    specs = {}
+    for name in hooks:
+        x = seen.get(name)
+        if x is None:
+            raise UnsupportedHookError(
+                f"{name} never fired: TransformerLens computes it only when asked (for example "
+                "model.set_use_attn_result(True) for attn.hook_result); enable it first, or pick another hook."
+            )
+        if tuple(x.shape[:2]) != (1, width):
+            raise UnsupportedHookError(
+                f"{name} gives activations of shape {tuple(x.shape)} for 1 sequence of {width} tokens, not "
+                "(batch, position, ...); it cannot be collected per token. Use model.run_with_cache for it."
+            )
+        specs[name] = HookSpec(x.dtype, tuple(x.shape[2:]))
+    return specs
+
+
+@torch.no_grad()
+def run(
+    model: HookedModel,
+    corpus: Corpus,
+    hooks: list[str],
+    selector: Selector,
+    emit: Emit,
+    *,
+    skip_batches: int = 0,
+    after_batch: Callable[[int, Int[Tensor, "n 3"]], None] | None = None,
+    progress: bool = True,
+    desc: str = "collect",
+) -> int:
+    """One pass over ``corpus``: every hook's kept rows to ``emit``; returns the number of batches.
+
+    The first ``skip_batches`` batches are read but not run (a resumed collection).
+    ``after_batch(i, index)`` is called after batch ``i`` ran, with its rows' (sequence, position, token).
+    """
+
+    def capture(name: str) -> Callable:
+        def hook(x: Tensor, hook: object) -> None:
+            rows = x.flatten(0, 1)  # (B*T, *shape)
+            keep = selector.on(x.device)
+            emit(name, rows if keep is None else rows.index_select(0, keep))
+
+        return hook
+
+    fwd = [(name, capture(name)) for name in hooks]
+    stop = stop_hook_name(model, hooks)
+    device = hook_device(model, "hook_embed")
+    bar = tqdm(total=corpus.n_tokens, unit="tok", unit_scale=True, desc=desc, disable=not progress)
+    n_batches = 0
+    try:
+        for i, batch in enumerate(prefetched(iter(corpus), pin=device.type == "cuda")):
+            n_batches = i + 1
+            if i < skip_batches:
+                bar.set_postfix_str("skipping finished shards")
+                bar.update(batch.n_tokens)
+                continue
+            index = selector.set(batch)
+            _forward(model, batch.tokens.to(device, non_blocking=True), fwd, stop)
+            if after_batch is not None:
+                after_batch(i, index)
+            bar.update(batch.n_tokens)
+    finally:
+        bar.close()
+    return n_batches
