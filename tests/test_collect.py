@@ -126,9 +126,9 @@ def test_resume_after_an_interrupted_run(pico_llama, tmp_path):
     n_batches = -(-reference.n_tokens // 16)
     out = tmp_path / "acts"
 
-    def crash_on_fifth(x, hook, seen=[]):  # noqa: B006 (counts the batches; a probe runs 1 row)
-        seen.append(x.shape[0])
-        if seen.count(2) == 5:
+    def crash_on_fifth(x, hook, seen=[]):  # noqa: B006 (counts the batches)
+        seen.append(1)
+        if len(seen) == 5:
             raise RuntimeError("power cut")
 
     with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", crash_on_fifth)]):
@@ -146,7 +146,7 @@ def test_resume_after_an_interrupted_run(pico_llama, tmp_path):
     hooks, calls = counting(model, "blocks.0.hook_resid_pre")
     with hooks:
         resumed = hooklab.collect(model, path, out=out, **kwargs)
-    assert len(calls) - 1 == n_batches - 4  # the finished shards were skipped (the 1 is the probe)
+    assert len(calls) == n_batches - 4  # the finished shards were skipped
     for name in reference:
         assert torch.equal(resumed[name], reference[name])
     assert torch.equal(resumed.index, reference.index)
@@ -167,7 +167,7 @@ def test_stops_after_the_last_requested_layer(pico_llama):
     hooks, calls = counting(model, "blocks.1.hook_resid_pre")
     with hooks:
         hooklab.collect(model, PROMPTS, names="ln_final.hook_normalized", progress=False)
-    assert calls == [1, len(PROMPTS)]  # the probe's row, then the batch: the whole forward ran
+    assert calls == [len(PROMPTS)]  # the whole forward ran
 
 
 def test_two_device_slots_give_the_same_numbers(pico_llama):
@@ -249,7 +249,12 @@ def test_a_disk_too_small_is_refused_up_front(pico_llama, tmp_path, monkeypatch)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
     with pytest.raises(errors.OutputDirError, match="needs .* but only 1000 B is free.*bfloat16"):
         hooklab.collect(model, PROMPTS, out=tmp_path / "acts")
-    assert not any((tmp_path / "acts").glob("*.safetensors"))
+    manifest = json.loads((tmp_path / "acts" / MANIFEST).read_text())
+    assert manifest["complete"] is False and manifest["shards"] == 0
+    assert all(f.stat().st_size == HEADER_BYTES for f in (tmp_path / "acts").glob("*.safetensors"))  # no rows
+    monkeypatch.undo()
+    acts = hooklab.collect(model, PROMPTS, out=tmp_path / "acts", progress=False)  # with room, it runs
+    assert acts.n_tokens == sum(model.to_tokens(p).shape[1] for p in PROMPTS)
 
 
 def test_header_is_fixed_size(pico_llama, tmp_path):
@@ -257,3 +262,16 @@ def test_header_is_fixed_size(pico_llama, tmp_path):
     acts = hooklab.collect(model, PROMPTS, layers=[0], out=tmp_path / "acts", progress=False)
     file = tmp_path / "acts" / "blocks.0.hook_resid_post.safetensors"
     assert file.stat().st_size == HEADER_BYTES + acts.n_tokens * model.cfg.d_model * 4
+
+
+def test_cli_collect(pico_llama, tmp_path, capsys):
+    from hooklab.cli import main
+
+    path = corpus_file(tmp_path)
+    main(["collect", str(path), "--model", str(pico_llama), "--device", "cpu", "--layers", "0-1",
+          "--max-length", "16", "--max-tokens", "64", "--out", str(tmp_path / "acts")])  # fmt: skip
+    assert "Activations(64 tokens" in capsys.readouterr().out
+    acts = hooklab.Activations.load(tmp_path / "acts")
+    assert set(acts) == {"blocks.0.hook_resid_post", "blocks.1.hook_resid_post"} and acts.n_tokens == 64
+    with pytest.raises(SystemExit, match="give --out"):
+        main(["collect", str(path), "--model", str(pico_llama)])

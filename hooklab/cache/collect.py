@@ -17,7 +17,7 @@ from hooklab.cache.activations import Activations
 from hooklab.cache.corpus import Corpus, Data
 from hooklab.cache.moments import REDUCTIONS, Accumulator, Mean, SecondMoment
 from hooklab.cache.names import resolve_hooks
-from hooklab.cache.run import Positions, Selector, hook_device, probe, run
+from hooklab.cache.run import HookSpec, Positions, Selector, hook_device, run
 from hooklab.cache.stats_cache import StatsCache, stats_key
 from hooklab.cache.store import INDEX, ActivationStore
 from hooklab.cache.transfer import Drain, MemorySink
@@ -94,35 +94,25 @@ def collect(
     )  # fmt: skip
     if selector.mask is not None and corpus.pack:
         raise ValueError("a positions mask needs one row per sequence: pass pack=False (packed rows cut documents).")
+    store_dtype = None if dtype is None else resolve_dtype(dtype, torch.float32, ())
+    if out is None and reduce is None:
+        return _in_memory(model, corpus, hooks, selector, store_dtype, progress)
     settings = {
         "corpus": corpus.digest(), "positions": selector.key, "max_length": corpus.max_length,
         "pack": corpus.pack, "max_tokens": max_tokens,
     }  # fmt: skip
     if reduce is not None:
         return _reduce(model, corpus, hooks, selector, reduce, stats_dtype, stats_cache, settings, progress)
-    store_dtype = None if dtype is None else resolve_dtype(dtype, torch.float32, ())
-    if out is None:
-        streams = _streams(model, hooks, corpus, store_dtype)
-        return _in_memory(model, corpus, hooks, selector, streams, store_dtype, progress)
-    shard_batches = max(1, math.ceil(shard_tokens / (batch_size * corpus.max_length)))
     plan = {
         "model": model.fingerprint, **settings, "hooks": hooks, "batch_size": batch_size,
-        "dtype": None if store_dtype is None else str(store_dtype), "shard_batches": shard_batches,
+        "dtype": None if store_dtype is None else str(store_dtype),
+        "shard_batches": max(1, math.ceil(shard_tokens / (batch_size * corpus.max_length))),
     }  # fmt: skip
     store = ActivationStore(out, plan)
     if store.complete:
         log.info("%s already holds this collection; opening it", out)
         return Activations.load(out)
-    streams = _streams(model, hooks, corpus, store_dtype)
-    return _to_disk(model, corpus, hooks, selector, streams, store_dtype, store, progress)
-
-
-def _streams(model, hooks, corpus, store_dtype) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
-    """What each stream stores per token: the index, then every hook's row (dtype, shape)."""
-    specs = probe(model, hooks, corpus.first_batch())
-    streams = {INDEX: (torch.int64, (3,))}
-    streams.update({name: (store_dtype or spec.dtype, spec.shape) for name, spec in specs.items()})
-    return streams
+    return _to_disk(model, corpus, hooks, selector, store_dtype, store, progress)
 
 
 def _emit_to(drain: Drain, dtype: torch.dtype | None):
@@ -136,43 +126,46 @@ def _emit_to(drain: Drain, dtype: torch.dtype | None):
     return emit
 
 
-def _in_memory(model, corpus, hooks, selector, streams, store_dtype, progress) -> Activations:
+def _in_memory(model, corpus, hooks, selector, store_dtype, progress) -> Activations:
     sink = MemorySink()
     drain = Drain(sink, threads=1)
+    specs: dict[str, HookSpec] = {}
     try:
-        run(model, corpus, hooks, selector, _emit_to(drain, store_dtype),
-            after_batch=lambda i, index: drain.put(INDEX, index), progress=progress)  # fmt: skip
+        run(model, corpus, hooks, selector, _emit_to(drain, store_dtype), progress=progress,
+            after_batch=lambda i, index: drain.put(INDEX, index), on_first_batch=specs.update)  # fmt: skip
     except BaseException:
         drain.abort()
         raise
     drain.close()
     tensors = sink.result()
-    for name, (dtype, shape) in streams.items():  # hooks that kept no row at all
-        tensors.setdefault(name, torch.empty(0, *shape, dtype=dtype))
     index = tensors.pop(INDEX)
+    for name, spec in specs.items():  # a hook whose mask kept no row at all
+        tensors.setdefault(name, torch.empty(0, *spec.shape, dtype=store_dtype or spec.dtype))
     return Activations({name: tensors[name] for name in hooks}, index)
 
 
-def _to_disk(model, corpus, hooks, selector, streams, store_dtype, store: ActivationStore, progress) -> Activations:
-    out, plan = store.out, store.plan
-    if selector.positions == "all":
-        _check_free_space(out, corpus, streams, store)
-    store.prepare(streams)
-    skip = store.shards_done * plan["shard_batches"]
+def _to_disk(model, corpus, hooks, selector, store_dtype, store: ActivationStore, progress) -> Activations:
+    out, shard_batches = store.out, store.plan["shard_batches"]
+    skip = store.shards_done * shard_batches
     if skip:
-        log.info("resuming %s: %d shard(s) of %d batches are done", out, store.shards_done, plan["shard_batches"])
+        log.info("resuming %s: %d shard(s) of %d batches are done", out, store.shards_done, shard_batches)
     gpu = any(hook_device(model, name).type == "cuda" for name in hooks)
     drain = Drain(store, threads=4 if gpu else 1)
 
     def after_batch(i: int, index: Tensor) -> None:
         drain.put(INDEX, index)
-        if (i + 1) % plan["shard_batches"] == 0:
-            drain.barrier((i + 1) // plan["shard_batches"])
+        if (i + 1) % shard_batches == 0:
+            drain.barrier((i + 1) // shard_batches)
+
+    def check_space(specs: dict[str, HookSpec]) -> None:
+        if selector.positions == "all":
+            per_token = 24 + sum((store_dtype or s.dtype).itemsize * math.prod(s.shape) for s in specs.values())
+            _check_free_space(out, corpus, per_token, store)
 
     try:
         n_batches = run(model, corpus, hooks, selector, _emit_to(drain, store_dtype), skip_batches=skip,
-                        after_batch=after_batch, progress=progress)  # fmt: skip
-        drain.barrier(math.ceil(n_batches / plan["shard_batches"]))
+                        after_batch=after_batch, on_first_batch=check_space, progress=progress)  # fmt: skip
+        drain.barrier(math.ceil(n_batches / shard_batches))
         drain.close()
         store.record(store.shards_done, {}, complete=True)
     except BaseException:
@@ -183,20 +176,18 @@ def _to_disk(model, corpus, hooks, selector, streams, store_dtype, store: Activa
     return Activations.load(out)
 
 
-def _check_free_space(out: Path, corpus: Corpus, streams: dict, store: ActivationStore) -> None:
-    """Refuse up front a collection that cannot fit on the disk (where its size is known)."""
+def _check_free_space(out: Path, corpus: Corpus, per_token: int, store: ActivationStore) -> None:
+    """Refuse early a collection that cannot fit on the disk (where its size is known)."""
     total = corpus.n_tokens
     if total is None:
         return
-    done = store.manifest["rows"].get(INDEX, 0)
-    per_token = sum(dtype.itemsize * math.prod(shape) for dtype, shape in streams.values())
-    need = (total - done) * per_token
-    probe_dir = out if out.exists() else next(p for p in out.parents if p.exists())
-    free = shutil.disk_usage(probe_dir).free
-    if need > free:
+    left = total - store.manifest["rows"].get(INDEX, 0)
+    free = shutil.disk_usage(out).free
+    if left * per_token > free:
         raise OutputDirError(
-            f"collecting {total - done} tokens into {out} needs {human_bytes(need)} but only {human_bytes(free)} "
-            "is free; store in dtype=torch.bfloat16, collect fewer hooks or tokens (max_tokens=), or use another disk."
+            f"collecting {left} more tokens into {out} needs {human_bytes(left * per_token)} but only "
+            f"{human_bytes(free)} is free; store in dtype=torch.bfloat16, collect fewer hooks or tokens "
+            "(max_tokens=), or use another disk."
         )
 
 
@@ -209,11 +200,10 @@ def _reduce(model, corpus, hooks, selector, reduce, stats_dtype, stats_cache, se
     results: dict[str, Mean | SecondMoment] = {}
     for name in hooks:
         hit = cache.get(name, hook_device(model, name)) if cache else None
-        if hit is not None and isinstance(hit, SecondMoment) == (reduce == "second_moment"):
+        if hit is not None:
             results[name] = hit
     todo = [name for name in hooks if name not in results]
     if todo:
-        probe(model, todo, corpus.first_batch())
         accumulators = {name: Accumulator(name, reduce, stats_dtype) for name in todo}
         run(model, corpus, todo, selector, lambda name, rows: accumulators[name].add(rows),
             progress=progress, desc=reduce)  # fmt: skip
@@ -222,4 +212,3 @@ def _reduce(model, corpus, hooks, selector, reduce, stats_dtype, stats_cache, se
             if cache:
                 cache.put(results[name], {**key_settings, "hook": name})
     return {name: results[name] for name in hooks}
-

@@ -107,7 +107,7 @@ class Corpus:
         if max_length < 1:
             raise ValueError(f"max_length must be at least 1, got {max_length}")
         self.max_length = min(max_length, context_length)
-        self._first = self._first_batch()  # also proves the data is not empty
+        self._check_not_empty()
 
     @property
     def n_tokens(self) -> int | None:
@@ -136,9 +136,6 @@ class Corpus:
 
     def __iter__(self) -> Iterator[Batch]:
         yield from _batches(self._rows(), self.batch_size, self.max_tokens, self._pad)
-
-    def first_batch(self) -> Batch:
-        return self._first
 
     # -- rows -----------------------------------------------------------------------------
 
@@ -204,13 +201,11 @@ class Corpus:
         if len(stream) > start:
             yield row, stream[start:]
 
-    def _first_batch(self) -> Batch:
-        first = next(iter(self), None)
-        if first is None:
+    def _check_not_empty(self) -> None:
+        if next(iter(self), None) is None:
             raise EmptyCorpusError(
                 f"the data ({self.kind}) holds no tokens: {self._describe()} Give at least one non-empty text."
             )
-        return first
 
     def _describe(self) -> str:
         if self.kind == "file":

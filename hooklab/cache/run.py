@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from hooklab import sites
@@ -124,38 +124,32 @@ def _forward(model: HookedModel, tokens: Tensor, hooks: list[tuple[str, Callable
         model.bridge.forward(tokens, return_type=None)
 
 
-@torch.no_grad()
-def probe(model: HookedModel, hooks: list[str], batch: Batch) -> dict[str, HookSpec]:
-    """Run a few tokens to learn each hook's per-token shape and dtype, and check it can be collected."""
+def check_layout(model: HookedModel, hooks: list[str]) -> None:
+    """Refuse hooks whose activations are not laid out (batch, position, ...) before anything runs."""
     for name in hooks:
         if sites.position_dim(model, name) != 1:
             raise UnsupportedHookError(
                 f"{name} is not laid out (batch, position, ...) (attention patterns are (batch, head, query, key)), "
                 "so it cannot be collected per token; use model.run_with_cache for it."
             )
-    width = int(min(3, batch.lengths[0]))
-    tokens = batch.tokens[:1, :width].to(hook_device(model, "hook_embed"))
-    seen: dict[str, Tensor] = {}
 
-    def record(name: str) -> Callable:
-        return lambda x, hook: seen.setdefault(name, x)
 
-    _forward(model, tokens, [(name, record(name)) for name in hooks], stop_hook_name(model, hooks))
-    specs = {}
-    for name in hooks:
-        x = seen.get(name)
-        if x is None:
-            raise UnsupportedHookError(
-                f"{name} never fired: TransformerLens computes it only when asked (for example "
-                "model.set_use_attn_result(True) for attn.hook_result); enable it first, or pick another hook."
-            )
-        if tuple(x.shape[:2]) != (1, width):
-            raise UnsupportedHookError(
-                f"{name} gives activations of shape {tuple(x.shape)} for 1 sequence of {width} tokens, not "
-                "(batch, position, ...); it cannot be collected per token. Use model.run_with_cache for it."
-            )
-        specs[name] = HookSpec(x.dtype, tuple(x.shape[2:]))
-    return specs
+def _specs(hooks: list[str], seen: dict[str, HookSpec]) -> dict[str, HookSpec]:
+    """What each hook gave on the first batch; every one must have fired."""
+    missing = [name for name in hooks if name not in seen]
+    if missing:
+        raise UnsupportedHookError(
+            f"{', '.join(missing)} never fired: this model's forward does not reach them; pick other hooks "
+            "(model.hook_dict lists them all)."
+        )
+    return {name: seen[name] for name in hooks}
+
+
+def _not_per_token(name: str, shape: tuple[int, ...], tokens: tuple[int, ...]) -> UnsupportedHookError:
+    return UnsupportedHookError(
+        f"{name} gives activations of shape {shape} for a batch of {tokens} tokens, not (batch, position, ...); "
+        "it cannot be collected per token. Use model.run_with_cache for it."
+    )
 
 
 @torch.no_grad()
@@ -168,6 +162,7 @@ def run(
     *,
     skip_batches: int = 0,
     after_batch: Callable[[int, Int[Tensor, "n 3"]], None] | None = None,
+    on_first_batch: Callable[[dict[str, HookSpec]], None] | None = None,
     progress: bool = True,
     desc: str = "collect",
 ) -> int:
@@ -175,10 +170,20 @@ def run(
 
     The first ``skip_batches`` batches are read but not run (a resumed collection).
     ``after_batch(i, index)`` is called after batch ``i`` ran, with its rows' (sequence, position, token).
+    After the first batch that runs, every hook is checked to have fired with one row of
+    activations per token, and ``on_first_batch`` gets what each gives (dtype, shape per token).
     """
+    check_layout(model, hooks)
+
+    seen: dict[str, HookSpec] = {}  # what the first batch gave
+    shape: tuple[int, ...] = ()  # the running batch's (B, T)
 
     def capture(name: str) -> Callable:
         def hook(x: Tensor, hook: object) -> None:
+            if tuple(x.shape[:2]) != shape:
+                raise _not_per_token(name, tuple(x.shape), shape)
+            if first:
+                seen[name] = HookSpec(x.dtype, tuple(x.shape[2:]))
             rows = x.flatten(0, 1)  # (B*T, *shape)
             keep = selector.on(x.device)
             emit(name, rows if keep is None else rows.index_select(0, keep))
@@ -189,7 +194,7 @@ def run(
     stop = stop_hook_name(model, hooks)
     device = hook_device(model, "hook_embed")
     bar = tqdm(total=corpus.n_tokens, unit="tok", unit_scale=True, desc=desc, disable=not progress)
-    n_batches = 0
+    n_batches, first = 0, True
     try:
         for i, batch in enumerate(prefetched(iter(corpus), pin=device.type == "cuda")):
             n_batches = i + 1
@@ -198,7 +203,13 @@ def run(
                 bar.update(batch.n_tokens)
                 continue
             index = selector.set(batch)
+            shape = tuple(batch.tokens.shape)
             _forward(model, batch.tokens.to(device, non_blocking=True), fwd, stop)
+            if first:
+                specs = _specs(hooks, seen)
+                first = False
+                if on_first_batch is not None:
+                    on_first_batch(specs)
             if after_batch is not None:
                 after_batch(i, index)
             bar.update(batch.n_tokens)

@@ -8,7 +8,8 @@ Layout of an ``out`` folder::
 
 Each file is a valid single-tensor safetensors file whose header has a fixed size, so rows
 are appended at the end and only the header's row count changes: readers memory-map one
-tensor per hook (no concatenation), and ``safetensors.torch.load_file`` reads them too.
+tensor per hook (no concatenation), and ``safetensors.torch.load_file`` reads them too. A
+file is opened when its hook's first rows arrive, which fixes its dtype and row shape.
 
 A *shard* is a fixed run of batches. When one is finished, every file is flushed to disk,
 then ``manifest.json`` is replaced atomically: the manifest is the only record of what is
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -95,6 +97,7 @@ class ActivationStore:
         self.out = Path(out)
         self.plan = plan
         self.files: dict[str, _StreamFile] = {}
+        self._lock = threading.Lock()  # writer threads add streams and record shards
         manifest = self.out / MANIFEST
         if self.out.exists() and not self.out.is_dir():
             raise OutputDirError(f"out={str(self.out)!r} is a file; give a folder (it is created if missing).")
@@ -113,16 +116,14 @@ class ActivationStore:
                 f"{self.out} is not empty and is not an activation folder (no {MANIFEST}); "
                 "give a new or empty folder, so nothing of yours is overwritten."
             )
+        self.manifest = {"format": FORMAT, "plan": plan, "streams": {}, "rows": {}, "shards": 0, "complete": False}
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
+            self.record(0, {})  # from now on the folder is known as this collection's
         except OSError as e:
             raise OutputDirError(
                 f"cannot write activations to {self.out} ({e.strerror or e}); give a folder you can write to."
             ) from e
-        self.manifest = {"format": FORMAT, "plan": plan, "streams": {}, "rows": {}, "shards": 0, "complete": False}
 
     @property
     def shards_done(self) -> int:
@@ -132,37 +133,37 @@ class ActivationStore:
     def complete(self) -> bool:
         return self.manifest["complete"]
 
-    def prepare(self, streams: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> None:
-        """Open one file per stream, cut back to the rows of the finished shards."""
-        specs = {name: {"file": stream_file(name), "dtype": str(dtype).removeprefix("torch."), "shape": list(shape)}
-                 for name, (dtype, shape) in streams.items()}  # fmt: skip
-        if self.manifest["streams"] and self.manifest["streams"] != specs:
-            raise OutputDirError(
-                f"{self.out} was written with other activation shapes or dtypes; the model changed since. "
-                "Use another folder, or delete this one to start over."
-            )
-        self.manifest["streams"] = specs
-        try:
-            for name, (dtype, shape) in streams.items():
-                rows = self.manifest["rows"].get(name, 0)
-                self.files[name] = _StreamFile(self.out / stream_file(name), name, dtype, tuple(shape), rows)
-            self.record(self.shards_done, {})  # from now on the folder is known as this collection's
-        except OSError as e:
-            self.close()
-            raise OutputDirError(f"cannot write activations to {self.out} ({e}); give a folder you can write to.") from e
-
     def append(self, name: str, tensor: torch.Tensor) -> None:
-        self.files[name].append(tensor)
+        """Add rows to ``name``'s file (opened at its first rows, cut back to the recorded ones)."""
+        file = self.files.get(name)
+        if file is None:
+            file = self.files[name] = self._open(name, tensor.dtype, tuple(tensor.shape[1:]))
+        file.append(tensor)
+
+    def _open(self, name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> _StreamFile:
+        spec = {"file": stream_file(name), "dtype": str(dtype).removeprefix("torch."), "shape": list(shape)}
+        with self._lock:
+            known = self.manifest["streams"].setdefault(name, spec)
+            rows = self.manifest["rows"].get(name, 0)
+        if known != spec:
+            raise OutputDirError(
+                f"{self.out} holds {name} as {known['dtype']} rows of shape {known['shape']}, but the model now "
+                f"gives {spec['dtype']} rows of shape {spec['shape']}. Use another folder, or delete this one."
+            )
+        return _StreamFile(self.out / spec["file"], name, dtype, shape, rows)
 
     def sync(self, names: list[str]) -> dict[str, int]:
-        return {name: self.files[name].sync() for name in names}
+        """Make ``names``' rows so far durable; returns their counts."""
+        return {name: self.files[name].sync() for name in names if name in self.files}
 
     def record(self, shards: int, rows: dict[str, int], complete: bool = False) -> None:
         """Write the manifest: ``shards`` are finished and hold ``rows`` rows per stream."""
-        self.manifest.update(shards=shards, rows={**self.manifest["rows"], **rows}, complete=complete)
+        with self._lock:
+            self.manifest.update(shards=shards, rows={**self.manifest["rows"], **rows}, complete=complete)
+            text = json.dumps(self.manifest, indent=1)
         tmp = self.out / f"{MANIFEST}.tmp"
         with open(tmp, "w") as f:
-            json.dump(self.manifest, f, indent=1)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.out / MANIFEST)
