@@ -275,3 +275,23 @@ def test_cli_collect(pico_llama, tmp_path, capsys):
     assert set(acts) == {"blocks.0.hook_resid_post", "blocks.1.hook_resid_post"} and acts.n_tokens == 64
     with pytest.raises(SystemExit, match="give --out"):
         main(["collect", str(path), "--model", str(pico_llama)])
+
+
+@pytest.mark.gpu
+def test_on_gpus_the_same_numbers_as_on_the_cpu(pico_llama, tmp_path):
+    cpu = hooklab.load(pico_llama, device="cpu")
+    n = min(torch.cuda.device_count(), 2)
+    gpu = hooklab.load(pico_llama, n_devices=n)
+    names = ["hook_resid_post", "mlp.out.hook_in"]
+    ref = hooklab.collect(cpu, PROMPTS, names=names, batch_size=2, progress=False)
+    on_disk = hooklab.collect(gpu, PROMPTS, names=names, batch_size=2, out=tmp_path / "acts", progress=False)
+    in_memory = hooklab.collect(gpu, PROMPTS, names=names, batch_size=2, progress=False)
+    stats = hooklab.collect(gpu, PROMPTS, names="mlp.out.hook_in", batch_size=2, reduce="second_moment",
+                            stats_cache=False, progress=False)  # fmt: skip
+    for name in ref:
+        assert torch.allclose(on_disk[name], ref[name], atol=1e-4) and torch.equal(on_disk[name], in_memory[name])
+    for layer in range(2):
+        s = stats[f"blocks.{layer}.mlp.out.hook_in"]
+        assert s.moment.device == gpu.placement.device_of_layer(layer)  # accumulated where the layer is
+        x = ref[f"blocks.{layer}.mlp.out.hook_in"].double()
+        assert torch.allclose(s.moment.cpu(), x.T @ x / x.shape[0], atol=1e-3 * float(x.abs().max()) ** 2)

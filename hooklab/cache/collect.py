@@ -134,7 +134,7 @@ def _in_memory(model, corpus, hooks, selector, store_dtype, progress) -> Activat
         run(model, corpus, hooks, selector, _emit_to(drain, store_dtype), progress=progress,
             after_batch=lambda i, index: drain.put(INDEX, index), on_first_batch=specs.update)  # fmt: skip
     except BaseException:
-        drain.abort()
+        drain.close(raise_errors=False)
         raise
     drain.close()
     tensors = sink.result()
@@ -169,7 +169,7 @@ def _to_disk(model, corpus, hooks, selector, store_dtype, store: ActivationStore
         drain.close()
         store.record(store.shards_done, {}, complete=True)
     except BaseException:
-        drain.abort()
+        drain.close(raise_errors=False)  # what was computed is written; finished shards are recorded
         raise
     finally:
         store.close()

@@ -118,12 +118,6 @@ def _stop(x: Tensor, hook: object) -> None:
     raise StopAtLayerException(x)  # TransformerLens's forward catches it and returns
 
 
-def _forward(model: HookedModel, tokens: Tensor, hooks: list[tuple[str, Callable]], stop: str | None) -> None:
-    fwd = hooks + ([(stop, _stop)] if stop else [])  # the stop hook last: it fires after the others
-    with model.hooks(fwd_hooks=fwd):
-        model.bridge.forward(tokens, return_type=None)
-
-
 def check_layout(model: HookedModel, hooks: list[str]) -> None:
     """Refuse hooks whose activations are not laid out (batch, position, ...) before anything runs."""
     for name in hooks:
@@ -192,10 +186,13 @@ def run(
 
     fwd = [(name, capture(name)) for name in hooks]
     stop = stop_hook_name(model, hooks)
+    if stop is not None:
+        fwd.append((stop, _stop))  # last: it fires after the others
     device = hook_device(model, "hook_embed")
     bar = tqdm(total=corpus.n_tokens, unit="tok", unit_scale=True, desc=desc, disable=not progress)
     n_batches, first = 0, True
-    try:
+    # The hooks are attached once for the pass: attaching them costs more than a small GPU forward.
+    with bar, model.hooks(fwd_hooks=fwd):
         for i, batch in enumerate(prefetched(iter(corpus), pin=device.type == "cuda")):
             n_batches = i + 1
             if i < skip_batches:
@@ -204,7 +201,7 @@ def run(
                 continue
             index = selector.set(batch)
             shape = tuple(batch.tokens.shape)
-            _forward(model, batch.tokens.to(device, non_blocking=True), fwd, stop)
+            model.bridge.forward(batch.tokens.to(device, non_blocking=True), return_type=None)
             if first:
                 specs = _specs(hooks, seen)
                 first = False
@@ -213,6 +210,4 @@ def run(
             if after_batch is not None:
                 after_batch(i, index)
             bar.update(batch.n_tokens)
-    finally:
-        bar.close()
     return n_batches

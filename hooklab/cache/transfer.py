@@ -87,7 +87,6 @@ class Drain:
         self.rings: dict[str, _PinnedRing] = {}
         self.streams: dict[torch.device, torch.cuda.Stream] = {}
         self.error: BaseException | None = None
-        self.aborting = False
         self.threads = [
             threading.Thread(target=self._work, args=(q,), name=f"hooklab-writer-{i}", daemon=True)
             for i, q in enumerate(self.queues)
@@ -114,16 +113,14 @@ class Drain:
         for q in self.queues:
             self._put(q, mark)
 
-    def close(self) -> None:
-        """Write everything queued, stop the threads; raises what a writer raised."""
-        self._stop()
-        if self.error is not None:
-            raise self.error
+    def close(self, raise_errors: bool = True) -> None:
+        """Write everything queued (finished shards get recorded), stop the threads; raise what a writer raised.
 
-    def abort(self) -> None:
-        """Stop the threads, dropping what is still queued."""
-        self.aborting = True
+        After a failure elsewhere, ``raise_errors=False`` keeps that failure the one reported.
+        """
         self._stop()
+        if self.error is not None and raise_errors:
+            raise self.error
 
     # -- internals --------------------------------------------------------------------------
 
@@ -169,8 +166,8 @@ class Drain:
     def _work(self, q: queue.Queue) -> None:
         me = self.queues.index(q)
         while (item := q.get()) is not None:
-            if self.error is not None or self.aborting:
-                continue  # keep taking items so the producer never blocks on a dead writer
+            if self.error is not None:
+                continue  # keep taking items so the producer never blocks on a failed writer
             try:
                 if isinstance(item, _Barrier):
                     self._arrive(item, me)
