@@ -127,22 +127,25 @@ def throughput(model, stream: torch.Tensor, args) -> list[dict]:
     rows = stream.reshape(-1, args.max_length)
     chunks = rows.tensor_split(args.rounds)
     seconds = {name: 0.0 for name in METHODS}
+    cpu = {name: 0.0 for name in METHODS}  # process CPU time, all threads: less swayed by other jobs
     forward_to_last_block(model, rows[: args.batch_size], args, None)  # warm up
+    model.fingerprint  # computed once per model (collect keys its folder by it): not part of a round
     names = list(METHODS)
     for r, chunk in enumerate(chunks):
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate who goes first
             folder = Path(tempfile.mkdtemp(dir=args.out))
             try:
                 sync(model)
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 METHODS[name](model, chunk, args, folder)
                 sync(model)
                 seconds[name] += time.perf_counter() - start
+                cpu[name] += time.process_time() - start_cpu
             finally:
                 shutil.rmtree(folder)
             print(f"round {r + 1}/{len(chunks)} {name}: {seconds[name]:.1f} s so far", flush=True)
     n = rows.numel()
-    return [{"method": name, "tokens": n, "seconds": s} for name, s in seconds.items()]
+    return [{"method": name, "tokens": n, "seconds": s, "cpu_seconds": cpu[name]} for name, s in seconds.items()]
 
 
 # -- 2. memory, in a fresh process -----------------------------------------------------------------
@@ -185,29 +188,30 @@ def second_moments(model, args) -> list[dict]:
     import hooklab
 
     stream = token_stream(model, args.corpus, args.stats_tokens, args.max_length)
+    shorter = stream[: args.more_stats_tokens or args.stats_tokens]
     n_layers = model.cfg.n_layers
     kwargs = dict(names="mlp.out.hook_in", batch_size=args.batch_size, max_length=args.max_length,
                   reduce="second_moment", progress=True)  # fmt: skip
     rows = []
 
-    def timed(label: str, layers: list[int], passes: list[list[int]], stats_cache) -> None:
+    def timed(label: str, layers: list[int], passes: list[list[int]], stats_cache, data=stream) -> None:
         sync(model)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for layers_of_pass in passes:
-            hooklab.collect(model, stream, layers=layers_of_pass, stats_cache=stats_cache, **kwargs)
+            hooklab.collect(model, data, layers=layers_of_pass, stats_cache=stats_cache, **kwargs)
         sync(model)
-        rows.append({"what": label, "layers": layers, "passes": len(passes), "tokens": stream.numel(),
-                     "seconds": time.perf_counter() - start})  # fmt: skip
+        rows.append({"what": label, "layers": layers, "passes": len(passes), "tokens": data.numel(),
+                     "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - start_cpu})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
 
     memit = [layer for layer in EASYEDIT_LAYERS if layer < n_layers]
     every = list(range(n_layers))
     timed("hooklab, one pass", memit, [memit], False)
     with tempfile.TemporaryDirectory(dir=args.out) as cache:
-        timed("hooklab, one pass", every, [every], cache)
-        timed("hooklab, second call (cache hit)", every, [every], cache)
+        timed("hooklab, one pass", every, [every], cache, shorter)
+        timed("hooklab, second call (cache hit)", every, [every], cache, shorter)
     if args.per_layer:
-        timed("hooklab, one pass per layer (EasyEdit's scheme)", memit, [[layer] for layer in memit], False)
+        timed("hooklab, one pass per layer (EasyEdit's scheme)", memit, [[layer] for layer in memit], False, shorter)
     return rows
 
 
@@ -225,18 +229,23 @@ def report(args, model_desc: str, tput: list[dict], big: dict | None, stats: lis
     lines = [f"# Activation collection: {model_desc}", "",
              f"Machine: {machine(args.device)}. `python benchmarks/cache.py {' '.join(sys.argv[1:])}`", ""]  # fmt: skip
     if tput:
-        by = {r["method"]: r["tokens"] / r["seconds"] for r in tput}
-        base, stopped = by["plain forward (with logits)"], by["forward to the last block"]
+        wall = {r["method"]: r["seconds"] for r in tput}
+        cpu = {r["method"]: r["cpu_seconds"] for r in tput}
+        plain, stopped = "plain forward (with logits)", "forward to the last block"
         lines += [
             f"## Throughput: all {args.n_layers} layers' `hook_resid_post` ({args.dtype}), same batches "
             f"({args.batch_size} x {args.max_length} tokens), {args.rounds} interleaved round(s)", "",
-            "| method | tokens | seconds | tokens/s | vs plain forward | vs forward to the last block |",
-            "|---|---|---|---|---|---|",
+            "Throughput relative to a plain forward and to a forward stopped after the last block, by wall "
+            "time and by the process's CPU time (all threads).", "",
+            "| method | tokens | wall s | tokens/s | CPU s | vs plain forward (wall / CPU) "
+            "| vs forward to the last block (wall / CPU) |",
+            "|---|---|---|---|---|---|---|",
         ]  # fmt: skip
         for r in tput:
-            rate = r["tokens"] / r["seconds"]
-            lines.append(f"| {r['method']} | {r['tokens']:,} | {r['seconds']:.1f} | {rate:,.0f} | "
-                         f"{rate / base:.2f}x | {rate / stopped:.2f}x |")  # fmt: skip
+            m, n = r["method"], r["tokens"]
+            lines.append(f"| {m} | {n:,} | {wall[m]:.1f} | {n / wall[m]:,.0f} | {cpu[m]:.1f} | "
+                         f"{wall[plain] / wall[m]:.2f}x / {cpu[plain] / cpu[m]:.2f}x | "
+                         f"{wall[stopped] / wall[m]:.2f}x / {cpu[stopped] / cpu[m]:.2f}x |")  # fmt: skip
         lines.append("")
     if big:
         gib = 1024**3
@@ -253,14 +262,15 @@ def report(args, model_desc: str, tput: list[dict], big: dict | None, stats: lis
             "## Second moments of the MLP keys (`mlp.out.hook_in`), float64 accumulators", "",
             f"EasyEdit's `layer_stats`: {EASYEDIT_SECONDS:,.0f} s for {EASYEDIT_TOKENS:,} WikiText tokens at layers "
             "4-8 of SmolLM2 on this project's 2-core CPU (one pass per layer).", "",
-            "| what | layers | passes | tokens | seconds | tokens/s | EasyEdit's time / this (same tokens) |",
-            "|---|---|---|---|---|---|---|",
+            "| what | layers | passes | tokens | wall s | CPU s | tokens/s | EasyEdit's time / this (same tokens) |",
+            "|---|---|---|---|---|---|---|---|",
         ]  # fmt: skip
         for r in stats:
             easyedit = EASYEDIT_SECONDS * r["tokens"] / EASYEDIT_TOKENS
             span = f"{r['layers'][0]}-{r['layers'][-1]}"
             lines.append(f"| {r['what']} | {span} | {r['passes']} | {r['tokens']:,} | {r['seconds']:.1f} | "
-                         f"{r['tokens'] / r['seconds']:,.0f} | {easyedit / r['seconds']:.1f}x |")  # fmt: skip
+                         f"{r.get('cpu_seconds', float('nan')):.1f} | {r['tokens'] / r['seconds']:,.0f} | "
+                         f"{easyedit / r['seconds']:.1f}x |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -276,6 +286,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--dtype", default="bfloat16", help="storage dtype of the activations")
     parser.add_argument("--stats-tokens", type=int, default=EASYEDIT_TOKENS)
+    parser.add_argument("--more-stats-tokens", type=int, default=None,
+                        help="tokens for all layers and for one pass per layer (default: --stats-tokens)")
     parser.add_argument("--per-layer", action="store_true", help="also time one pass per layer")
     parser.add_argument("--parts", nargs="+", default=["throughput", "memory", "stats"])
     parser.add_argument("--corpus", type=Path, default=CORPUS)

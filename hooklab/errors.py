@@ -72,3 +72,7 @@ class EmptyCorpusError(HooklabError, ValueError):
 
 class OutputDirError(HooklabError):
     """An activation folder that cannot be written, or that holds a different collection."""
+
+
+class CollectArgumentError(HooklabError, ValueError):
+    """Arguments of a collection that do not fit the data or each other."""

@@ -225,6 +225,25 @@ def test_empty_corpus(pico_llama, tmp_path, kind):
     assert not (tmp_path / "acts").exists()
 
 
+def test_arguments_that_do_not_fit(pico_llama, tmp_path):
+    model = hooklab.load(pico_llama, device="cpu")
+    bad = [
+        (dict(data=PROMPTS, out=tmp_path / "a", reduce="mean"), "Drop one of the two"),
+        (dict(data=corpus_file(tmp_path), positions=torch.ones(3, 4, dtype=torch.bool)), "pack=False"),
+        (dict(data=tmp_path / "missing.txt"), "is not a file"),
+        (dict(data=torch.randn(4, 8)), "integer tensor"),
+        (dict(data=PROMPTS, positions="first"), "'all', 'last' or a bool mask"),
+        (dict(data=PROMPTS, reduce="variance"), "'mean' or 'second_moment'"),
+        (dict(data=PROMPTS, batch_size=0), "batch_size must be at least 1"),
+        (dict(data=PROMPTS, positions=torch.zeros(5, 20, dtype=torch.bool), reduce="mean", stats_cache=False),
+         "kept no token"),
+    ]  # fmt: skip
+    for kwargs, message in bad:
+        with pytest.raises(errors.CollectArgumentError, match=message):
+            hooklab.collect(model, progress=False, **kwargs)
+    assert not (tmp_path / "a").exists() and total_hooks(model) == 0
+
+
 def test_unwritable_out(pico_llama, tmp_path):
     model = hooklab.load(pico_llama, device="cpu")
     a_file = tmp_path / "notes.txt"

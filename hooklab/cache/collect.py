@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal, overload
 
@@ -21,7 +21,7 @@ from hooklab.cache.run import HookSpec, Positions, Selector, hook_device, run
 from hooklab.cache.stats_cache import StatsCache, stats_key
 from hooklab.cache.store import INDEX, ActivationStore
 from hooklab.cache.transfer import Drain, MemorySink
-from hooklab.errors import OutputDirError
+from hooklab.errors import CollectArgumentError, OutputDirError
 from hooklab.loading.dtypes import resolve_dtype
 from hooklab.loading.embedded import cache_dir
 from hooklab.loading.placement import human_bytes
@@ -83,9 +83,11 @@ def collect(
         >>> stats = hooklab.collect(model, "wiki.txt", names="mlp.out.hook_in", reduce="second_moment")
     """
     if reduce is not None and reduce not in REDUCTIONS:
-        raise ValueError(f"reduce must be None, 'mean' or 'second_moment', got {reduce!r}")
+        raise CollectArgumentError(f"reduce must be None, 'mean' or 'second_moment', got {reduce!r}")
     if reduce is not None and out is not None:
-        raise ValueError("out= stores activations; a reduction is kept in stats_cache. Drop one of the two.")
+        raise CollectArgumentError("out= stores activations; a reduction is kept in stats_cache. Drop one of the two.")
+    if stats_dtype not in (torch.float32, torch.float64):
+        raise CollectArgumentError(f"stats_dtype must be torch.float64 or torch.float32, got {stats_dtype}")
     hooks = resolve_hooks(model, names, layers)
     selector = Selector(positions)
     corpus = Corpus(
@@ -93,7 +95,7 @@ def collect(
         max_tokens=max_tokens, context_length=model.cfg.n_ctx,
     )  # fmt: skip
     if selector.mask is not None and corpus.pack:
-        raise ValueError("a positions mask needs one row per sequence: pass pack=False (packed rows cut documents).")
+        raise CollectArgumentError("a positions mask needs one row per sequence: pass pack=False (packed rows cut documents).")
     store_dtype = None if dtype is None else resolve_dtype(dtype, torch.float32, ())
     if out is None and reduce is None:
         return _in_memory(model, corpus, hooks, selector, store_dtype, progress)
@@ -115,7 +117,7 @@ def collect(
     return _to_disk(model, corpus, hooks, selector, store_dtype, store, progress)
 
 
-def _emit_to(drain: Drain, dtype: torch.dtype | None):
+def _emit_to(drain: Drain, dtype: torch.dtype | None) -> Callable[[str, Tensor], None]:
     def emit(name: str, rows: Tensor) -> None:
         if rows.device.type == "cpu":  # rows may be the model's own tensor: the writer gets a copy
             rows = rows.to(dtype or rows.dtype, copy=True)
@@ -126,7 +128,10 @@ def _emit_to(drain: Drain, dtype: torch.dtype | None):
     return emit
 
 
-def _in_memory(model, corpus, hooks, selector, store_dtype, progress) -> Activations:
+def _in_memory(
+    model: HookedModel, corpus: Corpus, hooks: list[str], selector: Selector, store_dtype: torch.dtype | None,
+    progress: bool,
+) -> Activations:
     sink = MemorySink()
     drain = Drain(sink, threads=1)
     specs: dict[str, HookSpec] = {}
@@ -144,7 +149,10 @@ def _in_memory(model, corpus, hooks, selector, store_dtype, progress) -> Activat
     return Activations({name: tensors[name] for name in hooks}, index)
 
 
-def _to_disk(model, corpus, hooks, selector, store_dtype, store: ActivationStore, progress) -> Activations:
+def _to_disk(
+    model: HookedModel, corpus: Corpus, hooks: list[str], selector: Selector, store_dtype: torch.dtype | None,
+    store: ActivationStore, progress: bool,
+) -> Activations:
     out, shard_batches = store.out, store.plan["shard_batches"]
     skip = store.shards_done * shard_batches
     if skip:
@@ -191,7 +199,10 @@ def _check_free_space(out: Path, corpus: Corpus, per_token: int, store: Activati
         )
 
 
-def _reduce(model, corpus, hooks, selector, reduce, stats_dtype, stats_cache, settings, progress):
+def _reduce(
+    model: HookedModel, corpus: Corpus, hooks: list[str], selector: Selector, reduce: Reduction,
+    stats_dtype: torch.dtype, stats_cache: str | os.PathLike | bool, settings: dict, progress: bool,
+) -> dict[str, Mean | SecondMoment]:
     key_settings = {**settings, "reduce": reduce, "stats_dtype": str(stats_dtype)}
     cache = None
     if stats_cache is not False:

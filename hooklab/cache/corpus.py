@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from hooklab.errors import EmptyCorpusError
+from hooklab.errors import CollectArgumentError, EmptyCorpusError
 
 Data = str | os.PathLike | Sequence[str] | Tensor
 DEFAULT_PACKED_LENGTH = 512
@@ -68,9 +68,9 @@ class Corpus:
         context_length: int,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise CollectArgumentError(f"batch_size must be at least 1, got {batch_size}")
         if max_tokens is not None and max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+            raise CollectArgumentError(f"max_tokens must be at least 1 (or None for all), got {max_tokens}")
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_tokens = max_tokens
@@ -78,7 +78,7 @@ class Corpus:
         if isinstance(data, Tensor):
             self.kind = "tokens"
             if data.dim() not in (1, 2) or data.is_floating_point() or data.is_complex():
-                raise EmptyCorpusError(
+                raise CollectArgumentError(
                     f"token ids must be an integer tensor of shape (n_tokens,) or (n_sequences, pos), "
                     f"got {data.dtype} of shape {tuple(data.shape)}."
                 )
@@ -88,7 +88,7 @@ class Corpus:
             self.kind = "file"
             self.data = Path(data)
             if not self.data.is_file():
-                raise EmptyCorpusError(
+                raise CollectArgumentError(
                     f"{self.data} is not a file. Pass a text file's path, a list of strings or a token tensor."
                 )
             default_pack = True
@@ -97,7 +97,7 @@ class Corpus:
             self.data = list(data)
             default_pack = False
         else:
-            raise EmptyCorpusError(
+            raise CollectArgumentError(
                 f"cannot read data of type {type(data).__name__}; pass a text file's path, "
                 "a list of strings or a tensor of token ids."
             )
@@ -105,7 +105,7 @@ class Corpus:
         if max_length is None:
             max_length = DEFAULT_PACKED_LENGTH if self.pack else context_length
         if max_length < 1:
-            raise ValueError(f"max_length must be at least 1, got {max_length}")
+            raise CollectArgumentError(f"max_length must be at least 1, got {max_length}")
         self.max_length = min(max_length, context_length)
         self._check_not_empty()
 
@@ -114,7 +114,10 @@ class Corpus:
         """Tokens that will run, or an upper bound (a file's ``max_tokens``); None if unknown."""
         if self.kind == "file":
             return self.max_tokens
-        total = sum(len(ids) for _, ids in self._rows())
+        if self.kind == "tokens":
+            total = self.data.numel() if self.pack else self.data.shape[0] * min(self.data.shape[1], self.max_length)
+        else:
+            total = sum(len(ids) for _, ids in self._rows())
         return total if self.max_tokens is None else min(total, self.max_tokens)
 
     def digest(self) -> str:

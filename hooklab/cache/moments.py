@@ -9,11 +9,14 @@ running sums in ``dtype`` (float64 by default, so millions of tokens add up with
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from hooklab.errors import CollectArgumentError
 
 REDUCTIONS = ("mean", "second_moment")
 
@@ -59,9 +62,9 @@ class Accumulator:
 
     def __init__(self, hook: str, reduce: str, dtype: torch.dtype = torch.float64) -> None:
         if reduce not in REDUCTIONS:
-            raise ValueError(f"unknown reduction {reduce!r}; use one of {REDUCTIONS}")
+            raise CollectArgumentError(f"unknown reduction {reduce!r}; use one of {REDUCTIONS}")
         if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"accumulators are float32 or float64, got {dtype}")
+            raise CollectArgumentError(f"accumulators are float32 or float64, got {dtype}")
         self.hook, self.reduce, self.dtype = hook, reduce, dtype
         self.count = 0
         self.shape: tuple[int, ...] | None = None
@@ -73,11 +76,11 @@ class Accumulator:
         """Add ``n`` tokens' activations."""
         if self.total is None:
             self.shape = tuple(x.shape[1:])
-            d = x[0].numel()
+            d = math.prod(self.shape)
             self.total = torch.zeros(d, dtype=self.dtype, device=x.device)
             if self.reduce == "second_moment":
                 self.products = torch.zeros(d, d, dtype=self.dtype, device=x.device)
-        flat = x.reshape(x.shape[0], -1)  # (n, d)
+        flat = x.reshape(x.shape[0], self.total.shape[0])  # (n, d)
         flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
         self.total += flat.sum(0, dtype=self.dtype)
         if self.products is not None:
@@ -89,7 +92,7 @@ class Accumulator:
 
     def result(self) -> Mean | SecondMoment:
         if self.total is None or self.count == 0:
-            raise ValueError(f"no token reached {self.hook}; nothing to reduce")
+            raise CollectArgumentError(f"positions kept no token at {self.hook}: nothing to reduce; keep some tokens.")
         mean = (self.total / self.count).reshape(self.shape)
         if self.products is None:
             return Mean(self.hook, self.count, mean)

@@ -21,7 +21,7 @@ from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from hooklab import sites
 from hooklab.cache.corpus import Batch, Corpus, prefetched
-from hooklab.errors import UnsupportedHookError
+from hooklab.errors import CollectArgumentError, UnsupportedHookError
 from hooklab.model import HookedModel
 
 Positions = Literal["all", "last"] | Bool[Tensor, "sequence pos"]
@@ -34,7 +34,7 @@ class Selector:
     def __init__(self, positions: Positions) -> None:
         if isinstance(positions, Tensor):
             if positions.dtype != torch.bool or positions.dim() != 2:
-                raise ValueError(
+                raise CollectArgumentError(
                     "positions must be 'all', 'last' or a bool mask of shape (n_sequences, pos), "
                     f"got a {positions.dtype} tensor of shape {tuple(positions.shape)}"
                 )
@@ -42,7 +42,7 @@ class Selector:
         elif positions in ("all", "last"):
             self.mask = None
         else:
-            raise ValueError(f"positions must be 'all', 'last' or a bool mask, got {positions!r}")
+            raise CollectArgumentError(f"positions must be 'all', 'last' or a bool mask, got {positions!r}")
         self.positions = positions
         self.keep: Tensor | None = None
         self._on: dict[torch.device, Tensor] = {}
@@ -66,7 +66,7 @@ class Selector:
             if self.mask is not None:
                 seqs = batch.sequences
                 if int(seqs.max()) >= self.mask.shape[0]:
-                    raise ValueError(
+                    raise CollectArgumentError(
                         f"the positions mask has {self.mask.shape[0]} rows but the data has more sequences; "
                         "give one mask row per sequence (per string of the list)."
                     )
