@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import logging
 import subprocess
 import sys
 import time
@@ -25,9 +25,13 @@ HERE = Path(__file__).resolve().parent
 METHODS = ["hooklab-stream", "hooklab-cpu_then_shard", "transformers-auto", "transformerlens", "safe_open"]
 
 
-def rss_bytes() -> int:
+def memory_status(field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, in bytes.
+
+    Not ``ru_maxrss``: across fork + exec Linux carries the parent's peak into the child's.
+    """
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
 
 def child(method: str, ckpt: Path, n: int) -> dict:
@@ -41,10 +45,18 @@ def child(method: str, ckpt: Path, n: int) -> dict:
     import hooklab
     from transformer_lens.model_bridge import TransformerBridge
 
-    before = rss_bytes()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    before = memory_status("VmRSS")
     start = time.perf_counter()
     if method.startswith("hooklab-"):
-        model = hooklab.load(ckpt, n_devices=n, dtype=torch.bfloat16, strategy=method.split("-", 1)[1])
+        strategy, _, tuning = method.split("-", 1)[1].partition("@")
+        for setting in filter(None, tuning.split(",")):  # e.g. hooklab-stream@chunk_mb=8,readers=32
+            key, value = setting.split("=")
+            if key == "chunk_mb":
+                hooklab.loading.stream.CHUNK_BYTES = int(value) * 1024**2
+            elif key == "readers":
+                hooklab.loading.stream.GPU_READERS = int(value)
+        model = hooklab.load(ckpt, n_devices=n, dtype=torch.bfloat16, strategy=strategy)
     elif method == "transformers-auto":
         model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16, device_map="auto")
     elif method == "transformerlens":
@@ -60,7 +72,7 @@ def child(method: str, ckpt: Path, n: int) -> dict:
     for i in range(n):
         torch.cuda.synchronize(i)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = memory_status("VmHWM")
     return {
         "method": method,
         "n": n,
@@ -99,7 +111,8 @@ def run_child(args: list[str], n: int) -> dict:
     done = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    stages = [line for line in done.stderr.splitlines() if line.startswith("loaded ")]
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), **({"stages": stages[-1]} if stages else {})}
 
 
 def warm_page_cache(ckpt: Path) -> int:
@@ -189,21 +202,29 @@ def main() -> None:
         if n > 1:
             checks.append(run_child(["--check", str(ckpt), str(n)], n))
             print(json.dumps(checks[-1]), flush=True)
+        write_report(args, rows, checks, ckpt_bytes)  # after each N, so a cut-off run keeps its rows
+
+
+def write_report(args: argparse.Namespace, rows: list[dict], checks: list[dict], ckpt_bytes: int) -> None:
     kind = os.environ.get("HOOKLAB_MACHINE", f"{max(args.gpus)}gpu")
     report = [
         f"# Loading a {ckpt_bytes / 1e9:.2f} GB {args.shape}-shaped bf16 checkpoint",
         "",
-        f"Machine: {machine()}. Each load in its own process, page cache warm, CUDA contexts created "
-        "before the clock starts. `python benchmarks/load.py " + " ".join(sys.argv[1:]) + "`",
+        f"Machine: {kind}: {machine()}. Each load in its own process, page cache warm, CUDA contexts "
+        "created before the clock starts. `python benchmarks/load.py " + " ".join(sys.argv[1:]) + "`",
         "",
         table(rows, ckpt_bytes),
+        "",
+        "Where hooklab's time goes (its own log line):",
+        "",
+        *[f"- N={r['n']} {r['method']}: {r['stages']}" for r in rows if "stages" in r],
         "",
         "One GPU against N GPUs (hooklab stream, same batch of 4x64 tokens):",
         "",
         *[_check_line(c) for c in checks],
     ]
     text = "\n".join(report) + "\n"
-    print(text)
+    print(text, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"load-{kind}.md").write_text(text)
 

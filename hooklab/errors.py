@@ -58,6 +58,14 @@ class MissingTokenizerError(HooklabError):
     """A model folder without tokenizer files."""
 
 
+class MergeMismatchError(HooklabError):
+    """Models to merge disagree: architecture, tensor names or shapes, or tokenizer vocabulary."""
+
+
+class MergeConfigError(HooklabError):
+    """A merge asked for something that cannot work: method, weights, parameters, output folder, YAML."""
+
+
 class LayerIndexError(HooklabError, IndexError):
     """A layer number outside the model's layers."""
 

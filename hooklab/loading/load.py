@@ -8,7 +8,9 @@ failed load leaves nothing behind: no model, no GPU memory.
 from __future__ import annotations
 
 import gc
+import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from typing import Literal
@@ -39,6 +41,7 @@ from hooklab.model import HookedModel, weight_slots
 from hooklab.sites import layout_for
 
 Strategy = Literal["stream", "cpu_then_shard"]
+log = logging.getLogger(__name__)
 
 
 def load(
@@ -70,6 +73,7 @@ def load(
         >>> model = hooklab.load("path/to/llama", n_devices=2, dtype="bfloat16")
         >>> print(model.placement)
     """
+    start = time.perf_counter()
     src = resolve_source(source)
     if placement is not None:
         if any(x is not None for x in (device, n_devices, devices)):
@@ -85,6 +89,7 @@ def load(
     parts = measure_parts(skeleton, layout_for(config))
     placement = _checked_plan(parts, slots, placement, max_memory)
     wanted = match_tensors(skeleton, checkpoint) if checkpoint else []
+    stages = {"plan": time.perf_counter() - start}
 
     hf_model = skeleton
     try:
@@ -100,13 +105,20 @@ def load(
                 cpu_then_shard(hf_model, placement, parts)
             if checkpoint:
                 tokenizer = tokenizer.result()
+        stages["read"] = time.perf_counter() - start - sum(stages.values())
         route_between_devices(hf_model, placement, parts)
         slots = weight_slots(hf_model)
         bridge = _bridge(src, hf_model, tokenizer, placement)
+        stages["hooks"] = time.perf_counter() - start - sum(stages.values())
     except BaseException:
         hf_model.to("meta")  # frees every weight, whatever still refers to the model
         _release_memory(slots)
         raise
+    log.info(
+        "loaded %s (%s, %s) in %.2f s: %s",
+        src.name, human_bytes(parts.total_bytes), strategy, time.perf_counter() - start,
+        ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()),
+    )  # fmt: skip
     return HookedModel(bridge, hf_model, tokenizer, placement, src.name, slots)
 
 
