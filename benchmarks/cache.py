@@ -225,47 +225,54 @@ def machine(device: str) -> str:
     return f"CPU only, {os.cpu_count()} cores (shared with other jobs), torch {torch.__version__}"
 
 
-def report(args, model_desc: str, tput: list[dict], big: dict | None, stats: list[dict]) -> str:
-    lines = [f"# Activation collection: {model_desc}", "",
-             f"Machine: {machine(args.device)}. `python benchmarks/cache.py {' '.join(sys.argv[1:])}`", ""]  # fmt: skip
-    if tput:
-        wall = {r["method"]: r["seconds"] for r in tput}
-        cpu = {r["method"]: r["cpu_seconds"] for r in tput}
+def report(results: dict) -> str:
+    """The tables of every part run so far (each part says the command that produced it)."""
+    lines = [f"# Activation collection: {results['model']}", "", f"Machine: {results['machine']}.", ""]
+    if "throughput" in results:
+        part = results["throughput"]
+        rows, cfg = part["rows"], part["settings"]
+        wall = {r["method"]: r["seconds"] for r in rows}
+        cpu = {r["method"]: r["cpu_seconds"] for r in rows}
         plain, stopped = "plain forward (with logits)", "forward to the last block"
         lines += [
-            f"## Throughput: all {args.n_layers} layers' `hook_resid_post` ({args.dtype}), same batches "
-            f"({args.batch_size} x {args.max_length} tokens), {args.rounds} interleaved round(s)", "",
+            f"## Throughput: all {cfg['n_layers']} layers' `hook_resid_post` ({cfg['dtype']}) on the same batches "
+            f"({cfg['batch_size']} x {cfg['max_length']} tokens), {cfg['rounds']} interleaved rounds", "",
+            f"`{part['command']}`", "",
             "Throughput relative to a plain forward and to a forward stopped after the last block, by wall "
-            "time and by the process's CPU time (all threads).", "",
+            "time and by the process's CPU time (all its threads; less swayed by other jobs on the machine).", "",
             "| method | tokens | wall s | tokens/s | CPU s | vs plain forward (wall / CPU) "
             "| vs forward to the last block (wall / CPU) |",
             "|---|---|---|---|---|---|---|",
         ]  # fmt: skip
-        for r in tput:
+        for r in rows:
             m, n = r["method"], r["tokens"]
             lines.append(f"| {m} | {n:,} | {wall[m]:.1f} | {n / wall[m]:,.0f} | {cpu[m]:.1f} | "
                          f"{wall[plain] / wall[m]:.2f}x / {cpu[plain] / cpu[m]:.2f}x | "
                          f"{wall[stopped] / wall[m]:.2f}x / {cpu[stopped] / cpu[m]:.2f}x |")  # fmt: skip
         lines.append("")
-    if big:
-        gib = 1024**3
+    if "memory" in results:
+        part, gib = results["memory"], 1024**3
+        big = part["result"]
         lines += [
-            f"## Memory: {big['tokens']:,} tokens to disk in a fresh process", "",
+            f"## Memory: {big['tokens']:,} tokens to disk in a fresh process", "", f"`{part['command']}`", "",
             "| tokens | seconds | tokens/s | written (GiB) | RSS loaded (GiB) | peak RSS (GiB) | peak above loaded (GiB) |",
             "|---|---|---|---|---|---|---|",
             f"| {big['tokens']:,} | {big['seconds']:.0f} | {big['tokens'] / big['seconds']:,.0f} | "
             f"{big['bytes_written'] / gib:.1f} | {big['rss_loaded'] / gib:.2f} | {big['rss_peak'] / gib:.2f} | "
             f"{(big['rss_peak'] - big['rss_loaded']) / gib:.2f} |", "",
         ]  # fmt: skip
-    if stats:
+    if "stats" in results:
+        part = results["stats"]
         lines += [
             "## Second moments of the MLP keys (`mlp.out.hook_in`), float64 accumulators", "",
+            f"`{part['command']}`", "",
             f"EasyEdit's `layer_stats`: {EASYEDIT_SECONDS:,.0f} s for {EASYEDIT_TOKENS:,} WikiText tokens at layers "
-            "4-8 of SmolLM2 on this project's 2-core CPU (one pass per layer).", "",
-            "| what | layers | passes | tokens | wall s | CPU s | tokens/s | EasyEdit's time / this (same tokens) |",
+            "4-8 of SmolLM2 on this project's 2-core CPU (one pass per layer); the last column scales it to "
+            "each row's tokens.", "",
+            "| what | layers | passes | tokens | wall s | CPU s | tokens/s | EasyEdit's time / this |",
             "|---|---|---|---|---|---|---|---|",
         ]  # fmt: skip
-        for r in stats:
+        for r in part["rows"]:
             easyedit = EASYEDIT_SECONDS * r["tokens"] / EASYEDIT_TOKENS
             span = f"{r['layers'][0]}-{r['layers'][-1]}"
             lines.append(f"| {r['what']} | {span} | {r['passes']} | {r['tokens']:,} | {r['seconds']:.1f} | "
@@ -301,29 +308,37 @@ def main() -> None:
         print(json.dumps(big_run(args)))
         return
 
+    gpu = re.search(r"[A-Z]\d{2,3}", torch.cuda.get_device_name(0)) if args.device == "cuda" else None
+    name = args.name or (gpu.group(0).lower() if gpu else args.device)
+    stored = args.results / f"cache-{name}.json"  # parts not run now keep their last results
+    results = json.loads(stored.read_text()) if stored.is_file() else {}
+    command = f"python benchmarks/cache.py {' '.join(sys.argv[1:])}"
+
     model = load_model(args.model, args.device, args.gpus)
     args.n_layers = model.cfg.n_layers
-    model_desc = f"{args.model} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}, {model.cfg.dtype})"
+    results["model"] = f"{args.model} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}, {model.cfg.dtype})"
+    results["machine"] = machine(args.device)
     print(repr(model), flush=True)
-    tput, big, stats = [], None, []
     if "throughput" in args.parts:
         per_batch = args.batch_size * args.max_length
         n = max(1, (args.compare_tokens or args.tokens) // (per_batch * args.rounds)) * per_batch * args.rounds
-        tput = throughput(model, token_stream(model, args.corpus, n, args.max_length), args)
-        print(json.dumps(tput), flush=True)
+        settings = {k: getattr(args, k) for k in ("n_layers", "dtype", "batch_size", "max_length", "rounds")}
+        rows = throughput(model, token_stream(model, args.corpus, n, args.max_length), args)
+        results["throughput"] = {"command": command, "settings": settings, "rows": rows}
+        print(json.dumps(rows), flush=True)
     if "stats" in args.parts:
-        stats = second_moments(model, args)
+        results["stats"] = {"command": command, "rows": second_moments(model, args)}
     if "memory" in args.parts:
         del model  # the memory run loads its own, in a fresh process
         cmd = [sys.executable, __file__, "--child", *sys.argv[1:]]
         done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        big = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
-        print(json.dumps(big), flush=True)
-    text = report(args, model_desc, tput, big, stats)
-    print(text)
-    gpu = re.search(r"[A-Z]\d{2,3}", torch.cuda.get_device_name(0)) if args.device == "cuda" else None
-    name = args.name or (gpu.group(0).lower() if gpu else args.device)
+        if done.returncode == 0:
+            results["memory"] = {"command": command, "result": json.loads(done.stdout.strip().splitlines()[-1])}
+        print(done.stdout.strip().splitlines()[-1:], flush=True)
     args.results.mkdir(parents=True, exist_ok=True)
+    stored.write_text(json.dumps(results, indent=1))
+    text = report(results)
+    print(text)
     (args.results / f"cache-{name}.md").write_text(text)
 
 

@@ -166,7 +166,7 @@ def _to_disk(
             drain.barrier((i + 1) // shard_batches)
 
     def check_space(specs: dict[str, HookSpec]) -> None:
-        if selector.positions == "all":
+        if selector.kind == "all":
             per_token = 24 + sum((store_dtype or s.dtype).itemsize * math.prod(s.shape) for s in specs.values())
             _check_free_space(out, corpus, per_token, store)
 

@@ -39,11 +39,11 @@ class Selector:
                     f"got a {positions.dtype} tensor of shape {tuple(positions.shape)}"
                 )
             self.mask: Tensor | None = positions.cpu()
+            self.kind = "mask"
         elif positions in ("all", "last"):
-            self.mask = None
+            self.mask, self.kind = None, positions
         else:
             raise CollectArgumentError(f"positions must be 'all', 'last' or a bool mask, got {positions!r}")
-        self.positions = positions
         self.keep: Tensor | None = None
         self._on: dict[torch.device, Tensor] = {}
 
@@ -51,14 +51,14 @@ class Selector:
     def key(self) -> str:
         """What the selection depends on, for manifests and cache keys."""
         if self.mask is None:
-            return str(self.positions)
+            return self.kind
         return "mask:" + hashlib.sha256(self.mask.numpy().tobytes() + str(tuple(self.mask.shape)).encode()).hexdigest()[:16]
 
     def set(self, batch: Batch) -> Int[Tensor, "n 3"]:
         """Choose the rows of ``batch`` to keep; returns their (sequence, position, token id)."""
         n_rows, width = batch.tokens.shape
         pos = torch.arange(width)
-        if self.positions == "last":
+        if self.kind == "last":
             keep = torch.zeros(n_rows, width, dtype=torch.bool)
             keep[torch.arange(n_rows), batch.lengths - 1] = True
         else:
