@@ -65,6 +65,33 @@ def merge(args: argparse.Namespace) -> None:
     print(f"Merged {result.nbytes / 1e9:.2f} GB with {result.method} into {result.path} in {result.seconds:.1f} s")
 
 
+def collect(args: argparse.Namespace) -> None:
+    """Collect activations over a corpus to a folder, or reduce them to means / second moments."""
+    import hooklab
+
+    if args.out is None and args.reduce is None:
+        raise SystemExit("hooklab collect: give --out FOLDER to keep the activations, or --reduce mean|second_moment.")
+    model = hooklab.load(args.model, device=args.device)
+    layers = None if args.layers is None else [i for spec in args.layers for i in _layer_range(spec)]
+    result = hooklab.collect(
+        model, args.data, names=args.names, layers=layers, positions=args.positions, batch_size=args.batch_size,
+        max_length=args.max_length, out=args.out, reduce=args.reduce, max_tokens=args.max_tokens, dtype=args.dtype,
+    )  # fmt: skip
+    if args.reduce is None:
+        print(f"{result!r}\nOpen it with hooklab.Activations.load({str(result.path or args.out)!r}).")
+        return
+    for name, stats in result.items():
+        print(f"{name}: {stats.count} tokens, mean {tuple(stats.mean.shape)}"
+              + (f", E[x xᵀ] {tuple(stats.moment.shape)}" if args.reduce == "second_moment" else ""))  # fmt: skip
+    print("Saved in the statistics cache; the same call from Python reads them back without running the model.")
+
+
+def _layer_range(spec: str) -> range:
+    """``"4"`` → layer 4, ``"4-8"`` → layers 4..8."""
+    first, _, last = spec.partition("-")
+    return range(int(first), int(last or first) + 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hooklab", description=__doc__)
     jobs = parser.add_subparsers(dest="job", required=True)
@@ -81,6 +108,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=None, help="where tensors are merged (default: GPU 0 if any, else CPU)")
     p.add_argument("--overwrite", action="store_true", help="replace out once the new merge is complete")
     p.set_defaults(run=merge)
+
+    p = jobs.add_parser("collect", help="activations over a corpus to a folder, or their mean / second moment")
+    p.add_argument("data", help="a text file (one document per non-blank line)")
+    p.add_argument("--model", default="smollm2", help="smollm2, a checkpoint folder or a .gguf file")
+    p.add_argument("--device", default=None, help="cpu or cuda:N (default: GPU 0 if any, else CPU)")
+    p.add_argument("--names", nargs="+", default=None, help="hook names, full or block-relative (hook_resid_post)")
+    p.add_argument("--layers", nargs="+", default=None, help="layers for block-relative names: 4 5 or 4-8")
+    p.add_argument("--positions", default="all", choices=["all", "last"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=None, help="row length (default 512 for packed text)")
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--out", default=None, help="folder for the activations (rerun to resume)")
+    p.add_argument("--dtype", default=None, help="storage dtype, e.g. bfloat16 (default: the model's)")
+    p.add_argument("--reduce", default=None, choices=["mean", "second_moment"])
+    p.set_defaults(run=collect)
 
     args = parser.parse_args(argv)
     from hooklab.errors import HooklabError
