@@ -7,6 +7,19 @@ sharded over several), cache activations, locate and edit knowledge, merge model
 from hooklab.errors import HooklabError
 from hooklab.lens import LogitLens, logit_lens
 from hooklab.loading import Placement, load, plan_placement
+from hooklab.locate import TraceResult, TraceSummary, trace, trace_many
 from hooklab.model import HookedModel
 
-__all__ = ["HookedModel", "HooklabError", "LogitLens", "Placement", "load", "logit_lens", "plan_placement"]
+__all__ = [
+    "HookedModel",
+    "HooklabError",
+    "LogitLens",
+    "Placement",
+    "TraceResult",
+    "TraceSummary",
+    "load",
+    "logit_lens",
+    "plan_placement",
+    "trace",
+    "trace_many",
+]

@@ -56,3 +56,11 @@ class HookNameError(HooklabError, KeyError):
 
 class MissingTokenizerError(HooklabError):
     """A model folder without tokenizer files."""
+
+
+class SubjectNotFoundError(HooklabError, ValueError):
+    """A causal-tracing subject that does not occur in its prompt."""
+
+
+class TraceArgumentError(HooklabError, ValueError):
+    """A causal-tracing setting or record that cannot work (kind, window, noise, target, ...)."""
