@@ -90,6 +90,14 @@ def test_equals_unbatched_reference_deep(deep_llama, kind, window):
     assert result.scores.shape == (len(tracer.prompt.ids), 6)
 
 
+def test_every_position_fallback_traces_the_same(deep_llama):
+    model = hooklab.load(deep_llama)
+    tracer = CausalTracer(model, PROMPT, SUBJECT, samples=3, noise=0.5)
+    suffixes = tracer.trace("mlp", 3)
+    tracer.stack.slices_positions = False  # as for a block argument of unknown layout
+    torch.testing.assert_close(tracer.trace("mlp", 3).scores, suffixes.scores, atol=2e-6, rtol=0)
+
+
 def test_window_layers_clip_like_rome():
     assert window_layers(0, 10, 30) == tuple(range(0, 5))
     assert window_layers(12, 10, 30) == tuple(range(7, 17))
@@ -239,3 +247,89 @@ def test_default_model_recalls_paris_from_the_subject(smollm2):
     assert mlp[1] < tracer.low + 0.05  # ... the last token's do not
     late_attn = tracer.restore("attn", [Restoration((of,), window_layers(20, 10, 30))])
     assert late_attn[0] > tracer.low + 0.3  # late attention at the last token moves it there
+
+
+def test_token_classes_follow_rome():
+    #          0      1*     2*     3*     4     5     6
+    classes = hooklab.locate.token_classes((1, 4), 7)
+    assert classes == [[1], [2], [3], [4], [5], [6]]
+    assert hooklab.locate.token_classes((0, 1), 3) == [[0], [], [0], [1], [], [2]]  # one-token subject
+    assert hooklab.locate.token_classes((0, 2), 2) == [[0], [], [1], [], [], [1]]  # subject ends the prompt
+
+
+def test_trace_many_averages_indirect_effects_by_class(deep_llama, tmp_path):
+    model = hooklab.load(deep_llama)
+    records = [
+        {"requested_rewrite": {"prompt": "The {} is located in the city of", "subject": "Eiffel Tower"}},
+        {"prompt": "Mount Fuji is the highest mountain in", "subject": "Mount Fuji"},
+        {"prompt": "The river Thames flows through", "subject": "Thames"},
+        {"prompt": "The Colosseum is in", "subject": "Eiffel Tower"},  # not in its prompt: skipped
+    ]
+    path = tmp_path / "facts.json"
+    path.write_text(json.dumps(records))
+    summary = hooklab.trace_many(model, path, kind="mlp", window=3, samples=2, noise=0.5, progress=False)
+    assert summary.n_prompts == 3 and [i for i, _ in summary.skipped] == [3]
+    singles = [
+        hooklab.trace(model, p, s, kind="mlp", window=3, samples=2, noise=0.5)
+        for p, s in [("The Eiffel Tower is located in the city of", "Eiffel Tower"), *[(r["prompt"], r["subject"]) for r in records[1:3]]]
+    ]  # fmt: skip
+    last_subject = torch.stack([r.scores[r.subject_range[1] - 1] - r.low for r in singles]).mean(0)
+    torch.testing.assert_close(summary.effect[2], last_subject)
+    last_token = torch.stack([r.scores[-1] - r.low for r in singles]).mean(0)
+    torch.testing.assert_close(summary.effect[5], last_token)
+    assert summary.high == pytest.approx(sum(r.high for r in singles) / 3)
+    layer, size = summary.peak("Last subject token")
+    assert size == pytest.approx(float(last_subject.max())) and layer == int(last_subject.argmax())
+    summary.plot(tmp_path / "aie.png")
+    hooklab.locate.plot_summaries([summary, summary], tmp_path / "lines.png")
+    assert (tmp_path / "aie.png").stat().st_size > 10_000 and (tmp_path / "lines.png").stat().st_size > 10_000
+    assert json.loads(json.dumps(summary.to_dict()))["counts"] == list(summary.counts)
+
+
+def test_trace_many_rejects_unknown_records(pico_llama):
+    model = hooklab.load(pico_llama)
+    with pytest.raises(TraceArgumentError, match="record 1 has neither"):
+        hooklab.trace_many(model, [{"prompt": PROMPT, "subject": SUBJECT}, {"text": "x"}], progress=False)
+
+
+def test_cli_writes_png_and_json(deep_llama, tmp_path, capsys):
+    from hooklab.cli import main
+
+    out = tmp_path / "eiffel"
+    main(["trace", "--model", str(deep_llama), "--prompt", PROMPT, "--subject", SUBJECT, "--kind", "mlp",
+          "--window", "3", "--samples", "2", "--noise", "0.5", "--out", str(out)])  # fmt: skip
+    saved = json.loads((tmp_path / "eiffel-mlp.json").read_text())
+    assert saved["kind"] == "mlp" and saved["subject"] == SUBJECT
+    assert len(saved["scores"]) == len(saved["tokens"]) and len(saved["scores"][0]) == 6
+    assert (tmp_path / "eiffel-mlp.png").stat().st_size > 10_000
+    assert "peak p" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["trace", "--model", str(deep_llama), "--prompt", PROMPT, "--subject", "Colosseum", "--out", str(out)])
+    assert exit_info.value.code == 1
+    assert "'Colosseum' does not occur" in capsys.readouterr().err
+
+
+# --- GPU -----------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_gpu_trace_matches_cpu(deep_llama):
+    cpu = hooklab.load(deep_llama, device="cpu")
+    gpu = hooklab.load(deep_llama, device="cuda:0")
+    for kind in ("hidden", "mlp", "attn"):
+        a = hooklab.trace(cpu, PROMPT, SUBJECT, kind=kind, window=3, samples=3, noise=0.5)
+        b = hooklab.trace(gpu, PROMPT, SUBJECT, kind=kind, window=3, samples=3, noise=0.5)
+        torch.testing.assert_close(a.scores, b.scores, atol=1e-4, rtol=0)
+
+
+@pytest.mark.gpu
+def test_sharded_gpus_trace_like_one(deep_llama):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    one = hooklab.load(deep_llama, device="cuda:0")
+    two = hooklab.load(deep_llama, n_devices=2)
+    assert hooklab.sites.layer_device(two, 5) == torch.device("cuda:1")
+    for kind in ("hidden", "mlp"):
+        a = hooklab.trace(one, PROMPT, SUBJECT, kind=kind, window=3, samples=3, noise=0.5)
+        b = hooklab.trace(two, PROMPT, SUBJECT, kind=kind, window=3, samples=3, noise=0.5)
+        torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=0)

@@ -8,7 +8,7 @@ needs no data file); pass your own, e.g. the subjects of the facts you trace. Fo
 model the default set gives 0.118, the 656 known CounterFact subjects 0.118 and WikiText
 tokens 0.113, while all vocabulary rows give 0.136 (rare tokens spread wider), which is why
 it is measured over real words. The value is cached under ``cache_dir()/trace-noise``, keyed
-by a digest of the embedding weights and of the reference set.
+by the model's fingerprint and a digest of the reference set.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from hooklab.errors import TraceArgumentError
-from hooklab.fingerprint import fingerprint
 from hooklab.loading.embedded import cache_dir
 from hooklab.model import HookedModel
 
@@ -62,14 +61,16 @@ def noise_scale(model: HookedModel, noise: str | float = "3sigma", reference: Se
         >>> hooklab.locate.noise_scale(model)                      # 3 × 0.118 for the default model
         >>> hooklab.locate.noise_scale(model, "3sigma", subjects)  # ROME: over the traced facts' subjects
     """
-    if isinstance(noise, (int, float)) and not isinstance(noise, bool):
-        if noise < 0:
-            raise TraceArgumentError(f"noise must be at least 0, got {noise}.")
-        return float(noise)
     match = _SIGMA.match(noise) if isinstance(noise, str) else None
-    if match is None:
-        raise TraceArgumentError(f"noise must be a number or a string like '3sigma', got {noise!r}.")
-    return float(match.group(1)) * embedding_std(model, reference)
+    if match:
+        return float(match.group(1)) * embedding_std(model, reference)
+    try:
+        scale = float(noise)  # a number, or a number written as text ("0.1")
+    except (TypeError, ValueError):
+        raise TraceArgumentError(f"noise must be a number or a string like '3sigma', got {noise!r}.") from None
+    if not scale >= 0:
+        raise TraceArgumentError(f"noise must be at least 0, got {noise}.")
+    return scale
 
 
 def embedding_std(model: HookedModel, reference: Sequence[str] | None = None) -> float:
@@ -77,13 +78,13 @@ def embedding_std(model: HookedModel, reference: Sequence[str] | None = None) ->
     reference = list(REFERENCE_SUBJECTS if reference is None else reference)
     if not reference:
         raise TraceArgumentError("the reference set for the noise scale is empty; give some subjects.")
-    embed = model.bridge.embed
-    path = cache_dir() / "trace-noise" / f"{fingerprint(embed.named_parameters())}.json"
+    path = cache_dir() / "trace-noise" / f"{model.fingerprint}.json"
     key = hashlib.sha256("\n".join(reference).encode()).hexdigest()[:16]
     cached = _read(path)
     if key in cached:
         return cached[key]
     ids = [i for text in reference for i in model.tokenizer(text, add_special_tokens=False).input_ids]
+    embed = model.bridge.embed
     device = next(embed.parameters()).device
     with torch.no_grad():
         std = float(embed(torch.tensor([ids], device=device)).float().std())

@@ -80,11 +80,12 @@ class CausalTracer:
         self.model, self.samples, self.seed, self.max_rows = model, samples, seed, max_rows
         self.prompt: Prompt = tokenize(model, prompt, subject)
         self.noise = noise_scale(model, noise)
+        given = None if target is None else target_id(model, target)
         n_layers = model.cfg.n_layers
         names = [SITES[kind](layer) for kind in SITES for layer in range(n_layers)]
         self.stack, logits, cache = BlockStack.capture(model, self.prompt.tokens.to(model.cfg.device), names)
         clean_probs = logits[0, -1].float().softmax(-1)
-        self.target_id = int(clean_probs.argmax()) if target is None else target_id(model, target)
+        self.target_id = int(clean_probs.argmax()) if given is None else given
         self.high = float(clean_probs[self.target_id])
         # Clean values of every site, each on its layer's device: (T, D).
         self.clean = {
