@@ -126,7 +126,11 @@ def table(rows: list[dict]) -> str:
 def machine() -> str:
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     where = f"{len(gpus)}x {gpus[0]}" if gpus else "no GPU"
-    return f"{where}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    load = os.getloadavg()[1]  # other work on a shared machine slows the many small ops of the loop most
+    return (
+        f"{where}, {os.cpu_count()} CPU cores (5-min load average {load:.1f} at the end), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
 
 def main() -> None:

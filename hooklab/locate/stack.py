@@ -21,6 +21,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hooklab import sites
+from hooklab.errors import UnsupportedArchitectureError
 from hooklab.model import HookedModel
 
 log = logging.getLogger(__name__)
@@ -71,16 +72,17 @@ class BlockStack:
     whose layout along the positions hooklab does not know; callers then run every position.
     """
 
-    def __init__(self, model: HookedModel, block_kwargs: list[dict[str, Any]], n_pos: int):
+    def __init__(self, model: HookedModel, block_kwargs: list[dict[str, Any]]):
         self.model = model
         self.n_layers = len(block_kwargs)
-        self.n_pos = n_pos
         self._kwargs = block_kwargs
         self.devices = [sites.layer_device(model, layer) for layer in range(self.n_layers)]
+        # The name under which the blocks take HF's cache object: where KVPrefix goes.
+        self._cache_arg = _cache_argument(model)
         unknown = {k for kw in block_kwargs for k, v in kw.items() if _is_unknown_positional(k, v)}
-        self.slices_positions = not unknown
-        if unknown:
-            log.info("block arguments %s have an unknown position layout; tracing runs every position", unknown)
+        self.slices_positions = self._cache_arg is not None and not unknown
+        if not self.slices_positions:
+            log.info("block arguments %s: unknown cache or position layout; every position is run", unknown)
         bridge = model.bridge
         self._norm_device = next(bridge.ln_final.parameters()).device
         self._unembed_device = next(bridge.unembed.parameters()).device
@@ -95,12 +97,15 @@ class BlockStack:
             logits, cache = model.run_with_cache(tokens, names_filter=list(names), use_cache=False)
         n_layers = model.cfg.n_layers
         if sorted(calls) != list(range(n_layers)):
-            raise RuntimeError(f"expected calls to blocks 0..{n_layers - 1}, saw {sorted(calls)}")
+            raise UnsupportedArchitectureError(
+                f"causal tracing runs blocks one by one, but a forward of {model.cfg.architecture} called "
+                f"blocks {sorted(calls)} instead of 0..{n_layers - 1} once each."
+            )
         kwargs = []
         for layer in range(n_layers):  # each block's arguments live on its own device
             device = sites.layer_device(model, layer)
             kwargs.append({k: _to(v, device) for k, v in _as_kwargs(model, layer, *calls[layer]).items()})
-        return cls(model, kwargs, tokens.shape[1]), logits, {name: cache[name] for name in names}
+        return cls(model, kwargs), logits, {name: cache[name] for name in names}
 
     def block(
         self,
@@ -113,9 +118,17 @@ class BlockStack:
         if p0 and not isinstance(prefix, KVPrefix):
             raise ValueError("a suffix run (p0 > 0) needs the keys and values of the positions before p0")
         kwargs = {k: _suffix(k, v, p0) for k, v in self._kwargs[layer].items()}
-        kwargs.update(past_key_values=prefix, use_cache=False)
-        out = self.model.bridge.blocks[layer](resid.to(self.devices[layer]), **kwargs)
+        if self._cache_arg is not None:
+            kwargs[self._cache_arg] = prefix
+        out = self.model.bridge.blocks[layer](resid.to(self.devices[layer]), use_cache=False, **kwargs)
         return out[0] if isinstance(out, tuple) else out
+
+    def recorded(self, recorder: KVRecorder) -> None:
+        """After a full run with ``recorder``: run every position from now on unless it saw every
+        layer's keys and values (an attention that bypasses the cache object)."""
+        if self.slices_positions and sorted(recorder.keys) != list(range(self.n_layers)):
+            log.info("keys/values of layers %s were not recorded; every position is run", sorted(recorder.keys))
+            self.slices_positions = False
 
     def logits(self, resid: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows vocab"]:
         """The unembedded final norm of one residual vector per row (the last position's)."""
@@ -153,6 +166,11 @@ def _as_kwargs(model: HookedModel, layer: int, args: tuple, kwargs: dict) -> dic
     for key in _OWN:
         named.pop(key, None)
     return named
+
+
+def _cache_argument(model: HookedModel) -> str | None:
+    params = inspect.signature(model.bridge.blocks[0].original_component.forward).parameters
+    return next((name for name in ("past_key_values", "layer_past") if name in params), None)
 
 
 def _is_unknown_positional(key: str, value: Any) -> bool:

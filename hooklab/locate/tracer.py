@@ -121,6 +121,7 @@ class CausalTracer:
         for layer in range(self.n_layers):
             self.resid_pre.append(resid.to(self.stack.devices[layer]))
             resid = self.stack.block(layer, resid, prefix=self.kv)
+        self.stack.recorded(self.kv)
         self.low = float(self._target_prob(resid[:, -1]).mean())
 
     def _target_prob(self, resid: Float[Tensor, "rows d_model"]) -> Float[Tensor, " rows"]:
