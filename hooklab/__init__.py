@@ -8,10 +8,11 @@ from hooklab.cache import Activations, Mean, SecondMoment, collect
 from hooklab.errors import HooklabError
 from hooklab.lens import LogitLens, logit_lens
 from hooklab.loading import Placement, load, plan_placement
+from hooklab.locate import TraceResult, TraceSummary, trace, trace_many
 from hooklab.merge import MergeResult, merge
 from hooklab.model import HookedModel
 
 __all__ = [
     "Activations", "HookedModel", "HooklabError", "LogitLens", "Mean", "MergeResult", "Placement", "SecondMoment",
-    "collect", "load", "logit_lens", "merge", "plan_placement",
+    "TraceResult", "TraceSummary", "collect", "load", "logit_lens", "merge", "plan_placement", "trace", "trace_many",
 ]  # fmt: skip

@@ -84,3 +84,11 @@ class OutputDirError(HooklabError):
 
 class CollectArgumentError(HooklabError, ValueError):
     """Arguments of a collection that do not fit the data or each other."""
+
+
+class SubjectNotFoundError(HooklabError, ValueError):
+    """A causal-tracing subject that does not occur in its prompt."""
+
+
+class TraceArgumentError(HooklabError, ValueError):
+    """A causal-tracing setting or record that cannot work (kind, window, noise, target, ...)."""

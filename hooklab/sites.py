@@ -67,6 +67,16 @@ def layout_for(config: PretrainedConfig) -> Layout:
     )
 
 
+def token_embedding() -> str:
+    """Hook name of the token embeddings (before positional embeddings are added, if any)."""
+    return "hook_embed"
+
+
+def resid_pre(layer: int) -> str:
+    """Hook name of the residual stream entering ``layer``."""
+    return f"blocks.{layer}.hook_resid_pre"
+
+
 def resid_post(layer: int) -> str:
     """Hook name of the residual stream after ``layer``."""
     return f"blocks.{layer}.hook_resid_post"
