@@ -22,6 +22,7 @@ ratio to hooklab is measured in the same process. Prints a table and writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -166,6 +167,8 @@ def main() -> None:
     parser.add_argument("--ckpt", type=Path, default=Path("/tmp/hooklab-bench"))
     parser.add_argument("--rome-n", type=int, default=5, help="ROME edits timed (each from the original model)")
     parser.add_argument("--memit", type=int, nargs="*", default=[50, 1000], help="MEMIT batch sizes")
+    parser.add_argument("--memit-layers", type=int, nargs="+", default=None,
+                        help="MEMIT's layer window (default: the model's defaults), e.g. across two GPUs")
     parser.add_argument("--reference", action="store_true", help="also time the reference-style v* loop")
     parser.add_argument("--stats-tokens", type=int, default=100_000)
     parser.add_argument("--stats-file", type=Path, default=None,
@@ -194,6 +197,8 @@ def main() -> None:
             model = hooklab.load(ckpt, n_devices=args.gpus, dtype=torch.bfloat16)
     load_seconds = time.perf_counter() - start
     rome_hp, memit_hp = hooklab.RomeHparams.for_model(model), hooklab.MemitHparams.for_model(model)
+    if args.memit_layers:
+        memit_hp = dataclasses.replace(memit_hp, layers=tuple(args.memit_layers))
     layers = sorted({rome_hp.layer, *memit_hp.layers})
     names = [sites.mlp_out(model, layer).hook_in for layer in layers]
     corpus = SHARED / "corpus" / "wikitext_valid_test.txt"
