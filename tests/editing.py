@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_pico
 
 import hooklab
 from hooklab import sites
@@ -54,19 +55,4 @@ def stats(llama):
 @pytest.fixture(scope="session")
 def pico_llama4(tmp_path_factory, tokenizer_dir):
     """A 4-layer pico Llama: enough layers for an edit window that spans two device slots."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
-
-    torch.manual_seed(4)
-    config = LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=384, max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-        pad_token_id=0,
-    )  # fmt: skip
-    model = AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3) if p.dim() > 1 else p.uniform_(0.5, 1.5)
-    out = tmp_path_factory.mktemp("llama4")
-    model.save_pretrained(out)
-    PreTrainedTokenizerFast.from_pretrained(tokenizer_dir).save_pretrained(out)
-    return out
+    return make_pico("llama", tmp_path_factory.mktemp("llama4"), tokenizer_dir, seed=4, num_hidden_layers=4)
