@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Every GPU benchmark in one call: GPU machines are lent briefly, so one command runs several parts
+# and they share the synthetic checkpoints (built once under $WORK). Results land in benchmarks/results/.
+#
+#   HOOKLAB_MACHINE=h200x2 bash benchmarks/gpu.sh tests load merge trace cache
+#
+# Parts: tests (the GPU tests), load (multi-GPU loading), merge (two 8B-shaped models on one GPU),
+# trace (batched against the per-(token, layer) loop, 1 and 2 GPUs), cache (1M tokens to disk),
+# edit (ROME/MEMIT speed on an 8B-shaped model over 2 GPUs). Each part has its own time limit so
+# one that hangs does not take the others with it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+WORK=${WORK:-/tmp/hooklab-bench}
+B8="$WORK/llama3-8b-a"  # merge.py builds -a and -b; the other parts reuse -a
+
+part() {  # name, seconds, command...
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s): $*"
+    local t0=$SECONDS
+    timeout "$limit" "$@"
+    echo "=== $name: exit $? after $((SECONDS - t0)) s"
+}
+
+build8b() { part build 240 python -c "import sys; sys.path.insert(0, 'benchmarks'); import synthetic; synthetic.build('$B8', 'llama3-8b')"; }
+
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+for job in "$@"; do
+    case $job in
+        tests) part tests 150 python -m pytest -q -m gpu tests -p no:cacheprovider --ignore=tests/test_notebooks.py ;;
+        load) build8b
+              part load 300 python benchmarks/load.py --ckpt "$B8" --gpus 2 ;;
+        merge) part merge 300 python benchmarks/merge.py --device cuda --shape llama3-8b --work "$WORK" ;;
+        trace) build8b
+               part trace-small 150 python benchmarks/trace.py --shape smollm2-135m --gpus 1 2
+               part trace-8b 200 python benchmarks/trace.py --shape llama3-8b --ckpt "$B8" --gpus 1 2 ;;
+        cache) part cache 240 python benchmarks/cache.py --device cuda --model synthetic:smollm2-135m \
+                   --batch-size 64 --max-length 512 --parts throughput memory --rounds 2 ;;
+        edit) part edit 300 python benchmarks/edit.py --device cuda --gpus 2 --shape llama3-8b ;;
+        *) echo "unknown part $job" ;;
+    esac
+done
