@@ -5,7 +5,8 @@
 #   HOOKLAB_MACHINE=h200x2 bash benchmarks/gpu.sh tests load merge trace cache
 #
 # Parts: tests (the GPU tests), load (multi-GPU loading), merge (two 8B-shaped models on one GPU),
-# trace (batched against the per-(token, layer) loop, 1 and 2 GPUs), cache (1M tokens to disk),
+# trace (batched against the per-(token, layer) loop, 1 and 2 GPUs; trace-bf16 the 8B model in bf16),
+# disk (write speed, the bound of a collection to disk), cache (1M tokens to disk),
 # edit (ROME/MEMIT speed on an 8B-shaped model over 2 GPUs). Each part has its own time limit so
 # one that hangs does not take the others with it.
 set -uo pipefail
@@ -35,8 +36,12 @@ for job in "$@"; do
         trace) build8b
                part trace-small 150 python benchmarks/trace.py --shape smollm2-135m --gpus 1 2
                part trace-8b 200 python benchmarks/trace.py --shape llama3-8b --ckpt "$B8" --gpus 1 2 ;;
+        trace-bf16) build8b
+               part trace-8b-bf16 200 python benchmarks/trace.py --shape llama3-8b --ckpt "$B8" --gpus 1 2 --dtype bfloat16 ;;
+        disk) part disk 60 dd if=/dev/zero of="$WORK/dd.bin" bs=64M count=64 conv=fdatasync  # what a collection to disk can reach
+              rm -f "$WORK/dd.bin" ;;
         cache) part cache 240 python benchmarks/cache.py --device cuda --model synthetic:smollm2-135m \
-                   --batch-size 64 --max-length 512 --parts throughput memory --rounds 2 ;;
+                   --batch-size 64 --max-length 512 --parts ${CACHE_PARTS:-throughput memory} --rounds 2 ;;
         edit) part edit 300 python benchmarks/edit.py --device cuda --gpus 2 --shape llama3-8b ;;
         *) echo "unknown part $job" ;;
     esac
