@@ -58,6 +58,26 @@ class MissingTokenizerError(HooklabError):
     """A model folder without tokenizer files."""
 
 
+class EditRequestError(HooklabError, ValueError):
+    """An edit request that cannot be carried out (subject not in the prompt, empty target, ...)."""
+
+
+class EditSolveError(HooklabError):
+    """An edit whose solve failed numerically (a singular system, NaN or infinite values)."""
+
+
+class EditMismatchError(HooklabError):
+    """An edit file or Edit that does not fit the model (another base model, shapes, state)."""
+
+
+class HparamsError(HooklabError, ValueError):
+    """Hyperparameters with unknown, missing or invalid fields."""
+
+
+class RecordFormatError(HooklabError, ValueError):
+    """A dataset record without the fields its format (CounterFact, zsRE) has."""
+
+
 class MergeMismatchError(HooklabError):
     """Models to merge disagree: architecture, tensor names or shapes, or tokenizer vocabulary."""
 

@@ -110,11 +110,22 @@ class HookedModel:
 
         Recomputed only when a weight was replaced or changed in place since the last call.
         """
-        weights = self.named_weights()
-        key = tuple((id(p), p._version) for _, p in weights)
+        key = self.weights_version()
         if self._fingerprint is None or self._fingerprint[0] != key:
-            self._fingerprint = (key, fingerprint(weights))
+            self._fingerprint = (key, fingerprint(self.named_weights()))
         return self._fingerprint[1]
+
+    def weights_version(self) -> tuple:
+        """A key that changes whenever a weight is replaced or written in place."""
+        return tuple((id(p), p._version) for _, p in self.named_weights())
+
+    def vouch_fingerprint(self, value: str) -> None:
+        """Take ``value`` as the fingerprint of the weights as they are now, without hashing them.
+
+        Only for a caller that has just restored weights bit for bit to a state whose
+        fingerprint it knows (``Edit.undo``): hashing a large model on the CPU takes seconds.
+        """
+        self._fingerprint = (self.weights_version(), value)
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -1,0 +1,286 @@
+"""An edit as data: per-layer weight updates that can be applied, undone, saved and loaded.
+
+Each update changes one MLP output projection, ``W ← W + ΔW`` with ``W`` seen as
+(d_model, d_mlp) (``sites.mlp_out`` hides the storage orientation). Low-rank updates are kept
+as factors, ``ΔW = left @ right.T`` — ROME writes rank 1 per request, MEMIT rank ≤ the batch —
+and stored dense only where factors would be larger. Applying keeps the edited weights'
+original values in host memory (GPU memory is the scarce resource on a sharded model; an undo
+is one copy back), so :meth:`Edit.undo` restores them bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from hooklab import sites
+from hooklab.edit.request import EditRequest
+from hooklab.errors import EditMismatchError, EditSolveError
+from hooklab.fingerprint import tensor_digest
+from hooklab.model import HookedModel
+
+log = logging.getLogger(__name__)
+FORMAT = "hooklab-edit"
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Update:
+    """``ΔW`` of one layer's MLP output projection, (d_model, d_mlp): factors or dense."""
+
+    layer: int
+    left: Float[Tensor, "d_model rank"] | None = None
+    right: Float[Tensor, "d_mlp rank"] | None = None
+    dense: Float[Tensor, "d_model d_mlp"] | None = None
+
+    @classmethod
+    def from_factors(cls, layer: int, left: Tensor, right: Tensor) -> Update:
+        """Factors, or the dense product where that is smaller (rank above about half the width)."""
+        (m, r), n = left.shape, right.shape[0]
+        if r * (m + n) >= m * n:
+            return cls(layer, dense=left @ right.T)
+        return cls(layer, left=left, right=right)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        if self.dense is not None:
+            return tuple(self.dense.shape)
+        return (self.left.shape[0], self.right.shape[0])
+
+    @property
+    def rank(self) -> int:
+        return self.left.shape[1] if self.dense is None else min(self.dense.shape)
+
+    def matrix(self) -> Float[Tensor, "d_model d_mlp"]:
+        return self.dense if self.dense is not None else self.left @ self.right.T
+
+    def to(self, device: torch.device | str) -> Update:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Update(self.layer, move(self.left), move(self.right), move(self.dense))
+
+    def tensors(self) -> dict[str, Tensor]:
+        if self.dense is not None:
+            return {f"layers.{self.layer}.dense": self.dense}
+        return {f"layers.{self.layer}.left": self.left, f"layers.{self.layer}.right": self.right}
+
+
+@dataclass
+class Edit:
+    """Weight updates made for one base model, with what made them.
+
+    ``base_fingerprint`` is the fingerprint of the model the updates were computed on; an edit
+    is applied only to a model with that fingerprint. Example:
+
+        >>> edit = hooklab.edit(model, [request], method="rome")   # computed and applied
+        >>> edit.save("eiffel.safetensors"); edit.undo()            # weights as before, bit for bit
+        >>> again = hooklab.apply_edit(model, "eiffel.safetensors")
+    """
+
+    method: str
+    updates: dict[int, Update]
+    base_fingerprint: str
+    requests: list[EditRequest] = field(default_factory=list)
+    hparams: dict[str, Any] = field(default_factory=dict)
+    model_name: str = ""
+    notes: dict[str, Any] = field(default_factory=dict)  # how it was made: templates, statistics tokens, time
+    # Set while applied: the model, the edited weights' original values (host memory) and a
+    # digest of each edited weight right after applying (so undo notices later changes).
+    _model: HookedModel | None = field(default=None, init=False, repr=False)
+    _originals: dict[int, Tensor] = field(default_factory=dict, init=False, repr=False)
+    _applied_digests: dict[int, int] = field(default_factory=dict, init=False, repr=False)
+    _version_after: tuple = field(default=(), init=False, repr=False)
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.updates)
+
+    @property
+    def applied(self) -> bool:
+        return self._model is not None
+
+    def apply(self, model: HookedModel) -> Edit:
+        """Add the updates to ``model``'s weights (checked first; nothing changes if a check fails)."""
+        if self.applied:
+            raise EditMismatchError("this edit is already applied; undo() it before applying it again.")
+        if model.fingerprint != self.base_fingerprint:
+            raise EditMismatchError(
+                f"this edit was made for a model with fingerprint {self.base_fingerprint} "
+                f"({self.model_name or 'unnamed'}), but this model's is {model.fingerprint}. Apply it to "
+                "the model it was computed on, with the same earlier edits applied in the same order."
+            )
+        targets = {layer: self._site_for(model, layer) for layer in self.layers}
+        deltas = {}
+        for layer, site in targets.items():  # compute every new weight before writing any
+            weight = site.weight
+            delta = self.updates[layer].to(site.device).matrix()
+            new = (weight.float() + delta.float()).to(weight.dtype)
+            if not torch.isfinite(new).all():
+                raise EditSolveError(
+                    f"the update of layer {layer} holds NaN or infinite values; nothing was applied. "
+                    "Recompute the edit (a larger mom2_update_weight or more statistics tokens regularise it)."
+                )
+            deltas[layer] = new
+        with torch.no_grad():
+            for layer, site in targets.items():
+                self._originals[layer] = site.weight.detach().to("cpu", copy=True)
+                site.weight.copy_(deltas[layer])
+                self._applied_digests[layer] = tensor_digest(site.weight)
+        self._version_after = model.weights_version()
+        self._model = model
+        log.info("applied %s edit to layers %s", self.method, self.layers)
+        return self
+
+    def undo(self) -> None:
+        """Restore the edited weights bit for bit."""
+        model = self._require_applied()
+        sites_ = {layer: sites.mlp_out(model, layer) for layer in self.layers}
+        changed = [layer for layer, s in sites_.items() if tensor_digest(s.weight) != self._applied_digests[layer]]
+        if changed:
+            raise EditMismatchError(
+                f"the weights of layer(s) {changed} changed after this edit was applied (a later edit?); "
+                "undo the later edits first, newest first."
+            )
+        untouched = model.weights_version() == self._version_after  # no weight written since apply
+        with torch.no_grad():
+            for layer, site in sites_.items():
+                site.weight.copy_(self._originals[layer].to(site.device))
+        if untouched:  # every weight is now as it was when apply checked the fingerprint
+            model.vouch_fingerprint(self.base_fingerprint)
+        self._originals.clear()
+        self._applied_digests.clear()
+        self._model = None
+
+    @contextmanager
+    def undone(self) -> Iterator[HookedModel]:
+        """The model without this edit for the duration of the block, then with it again."""
+        model = self._require_applied()
+        self.undo()
+        try:
+            yield model
+        finally:
+            self.apply(model)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the updates and their provenance to a safetensors file (atomically)."""
+        path = Path(path)
+        tensors = {}
+        for update in self.updates.values():
+            tensors.update({k: v.detach().float().cpu().contiguous() for k, v in update.tensors().items()})
+        metadata = {
+            "format": FORMAT,
+            "version": VERSION,
+            "method": self.method,
+            "layers": json.dumps(self.layers),
+            "base_fingerprint": self.base_fingerprint,
+            "model": self.model_name,
+            "hparams": json.dumps(self.hparams),
+            "requests": json.dumps([r.to_dict() for r in self.requests]),
+            "notes": json.dumps(self.notes),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, devices: Mapping[int, torch.device] | None = None) -> Edit:
+        """Read an edit file; each layer's tensors go straight to ``devices[layer]`` (default CPU)."""
+        meta = read_metadata(path)
+        layers = json.loads(meta["layers"])
+        devices = devices or {}
+        updates = {}
+        by_device: dict[str, list[int]] = {}
+        for layer in layers:
+            by_device.setdefault(str(devices.get(layer, "cpu")), []).append(layer)
+        for device, group in by_device.items():
+            with safe_open(str(path), framework="pt", device=device) as f:
+                names = set(f.keys())
+                for layer in group:
+                    if f"layers.{layer}.dense" in names:
+                        updates[layer] = Update(layer, dense=f.get_tensor(f"layers.{layer}.dense"))
+                    else:
+                        updates[layer] = Update(
+                            layer, left=f.get_tensor(f"layers.{layer}.left"), right=f.get_tensor(f"layers.{layer}.right")
+                        )
+        return cls(
+            method=meta["method"],
+            updates=updates,
+            base_fingerprint=meta["base_fingerprint"],
+            requests=[EditRequest.from_dict(r) for r in json.loads(meta["requests"])],
+            hparams=json.loads(meta["hparams"]),
+            model_name=meta.get("model", ""),
+            notes=json.loads(meta.get("notes", "{}")),
+        )
+
+    def _require_applied(self) -> HookedModel:
+        if self._model is None:
+            raise EditMismatchError("this edit is not applied; apply(model) it first.")
+        return self._model
+
+    def _site_for(self, model: HookedModel, layer: int) -> sites.MlpOut:
+        site = sites.mlp_out(model, layer)
+        if tuple(site.weight.shape) != self.updates[layer].shape:
+            raise EditMismatchError(
+                f"layer {layer}'s update has shape {self.updates[layer].shape} but the model's MLP output "
+                f"projection is {tuple(site.weight.shape)}; this edit is for another architecture."
+            )
+        return site
+
+    def __repr__(self) -> str:
+        ranks = ", ".join(f"{layer}: rank {u.rank}" for layer, u in sorted(self.updates.items()))
+        state = "applied" if self.applied else "not applied"
+        return f"Edit({self.method}, {len(self.requests)} request(s), layers {{{ranks}}}, {state})"
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """An edit file's metadata, checked to be one (nothing else is read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no edit file at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for damaged headers
+        raise EditMismatchError(f"{path} is not a readable safetensors file ({e}).") from e
+    if meta.get("format") != FORMAT:
+        raise EditMismatchError(f"{path} is not a hooklab edit file (its metadata has no format={FORMAT!r}).")
+    return meta
+
+
+def apply_edit(model: HookedModel, path: str | os.PathLike) -> Edit:
+    """Load an edit file straight onto each layer's device and apply it; returns the undoable Edit.
+
+    Refuses (before reading any tensor) a file made for a model with another fingerprint.
+
+    Example:
+        >>> edit = hooklab.apply_edit(model, "eiffel.safetensors"); ...; edit.undo()
+    """
+    meta = read_metadata(path)
+    if meta["base_fingerprint"] != model.fingerprint:
+        raise EditMismatchError(
+            f"{path} was made for a model with fingerprint {meta['base_fingerprint']} ({meta.get('model') or 'unnamed'}), "
+            f"but this model's is {model.fingerprint}; load the base model it was computed on (with the same "
+            "earlier edits applied)."
+        )
+    layers: Sequence[int] = json.loads(meta["layers"])
+    devices = {layer: sites.mlp_out(model, layer).device for layer in layers}
+    return Edit.load(path, devices).apply(model)
