@@ -13,7 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 WORK=${WORK:-/tmp/hooklab-bench}
-B8="$WORK/llama3-8b-a"  # merge.py builds -a and -b; the other parts reuse -a
+B8="$WORK/llama3-8b"  # shared by load, trace and edit (merge builds its own pair)
 
 part() {  # name, seconds, command...
     local name=$1 limit=$2
@@ -42,7 +42,9 @@ for job in "$@"; do
               rm -f "$WORK/dd.bin" ;;
         cache) part cache 240 python benchmarks/cache.py --device cuda --model synthetic:smollm2-135m \
                    --batch-size 64 --max-length 512 --parts ${CACHE_PARTS:-throughput memory} --rounds 2 ;;
-        edit) part edit 300 python benchmarks/edit.py --device cuda --gpus 2 --shape llama3-8b ;;
+        edit) build8b
+              part edit 300 python benchmarks/edit.py --device cuda --gpus 2 --shape llama3-8b --ckpt "$WORK" \
+                  --rome-n 3 --memit 50 --stats-tokens 20000 ;;
         *) echo "unknown part $job" ;;
     esac
 done
