@@ -158,7 +158,7 @@ def main() -> None:
             timing.append(f"ROME: {sum(seconds) / len(seconds):.1f} s per edit (mean of {k}; statistics excluded)")
             name = f"ROME, {k} single edits (layer {hp['layer']})"
             rows.append((name, means(scores, records[:k])))
-            rows.append((name + ", first 50 (the EasyEdit anchors' records)", means(scores[:50], records[:50])))
+            rows.append((name + ", first 50", means(scores[:50], records[:50])))
         else:
             scores, seconds, hp = run_memit(model, records[:k], stats, not args.no_fluency, log)
             timing.append(f"MEMIT: {seconds:.0f} s for the batch of {k} (statistics excluded)")
@@ -178,7 +178,9 @@ def write(args, path: Path, rows, timing, stats_seconds: float, tokens: int, res
         f"thread(s)), torch {torch.__version__}; shared with other jobs, so times are indicative. "
         f"`python benchmarks/edit_quality.py {' '.join(sys.argv[1:])}`",
         "",
-        f"Key statistics: {tokens} WikiText tokens via `hooklab.collect` ({stats_seconds:.0f} s, cached). ES / PS / NS "
+        (f"Key statistics: {tokens} tokens from {args.stats_file.name}. " if args.stats_file else
+         f"Key statistics: {tokens} WikiText tokens via `hooklab.collect` ({stats_seconds:.0f} s, cached). ")
+        + "ES / PS / NS "
         "and magnitudes as defined in the README (length-normalised teacher-forced probabilities); PS over the "
         "records with a paraphrase prompt (how many in brackets); one neighbourhood prompt per record; fluency: "
         "n-gram entropy of a ~100-token sampled generation. \"Easy\" facts have the true answer in the subject's name.",
