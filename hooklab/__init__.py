@@ -19,6 +19,7 @@ from hooklab.errors import HooklabError
 from hooklab.evaluate import evaluate
 from hooklab.lens import LogitLens, logit_lens
 from hooklab.loading import Placement, load, plan_placement
+from hooklab.merge import MergeResult, merge
 from hooklab.model import HookedModel
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "HooklabError",
     "LogitLens",
     "MemitHparams",
+    "MergeResult",
     "Placement",
     "RomeHparams",
     "apply_edit",
@@ -36,6 +38,7 @@ __all__ = [
     "evaluate",
     "load",
     "logit_lens",
+    "merge",
     "plan_placement",
     "requests_from_counterfact",
     "requests_from_zsre",

@@ -50,6 +50,21 @@ def demo(args: argparse.Namespace) -> None:
     print(f"Saved the logit-lens plot to {out}")
 
 
+def merge(args: argparse.Namespace) -> None:
+    """Run a YAML merge recipe (mergekit's shape) and say where the result is."""
+    import logging
+
+    from hooklab.merge.config import load_config, run_config
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = load_config(args.config)
+    result = run_config(config, device=args.device, overwrite=args.overwrite)
+    if result.weights is not None:
+        for entry, weight in zip(config.models, result.weights):
+            print(f"  {weight:.4f}  {entry.model}")
+    print(f"Merged {result.nbytes / 1e9:.2f} GB with {result.method} into {result.path} in {result.seconds:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hooklab", description=__doc__)
     jobs = parser.add_subparsers(dest="job", required=True)
@@ -60,6 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--out", default="hooklab-demo-logit-lens.png", help="where to save the plot")
     p.set_defaults(run=demo)
+
+    p = jobs.add_parser("merge", help="merge models as a YAML recipe says (linear, task_arithmetic, ties, slerp)")
+    p.add_argument("config", help="YAML recipe: models, method, base_model, parameters, dtype, out")
+    p.add_argument("--device", default=None, help="where tensors are merged (default: GPU 0 if any, else CPU)")
+    p.add_argument("--overwrite", action="store_true", help="replace out once the new merge is complete")
+    p.set_defaults(run=merge)
 
     args = parser.parse_args(argv)
     from hooklab.errors import HooklabError

@@ -76,3 +76,11 @@ class HparamsError(HooklabError, ValueError):
 
 class RecordFormatError(HooklabError, ValueError):
     """A dataset record without the fields its format (CounterFact, zsRE) has."""
+
+
+class MergeMismatchError(HooklabError):
+    """Models to merge disagree: architecture, tensor names or shapes, or tokenizer vocabulary."""
+
+
+class MergeConfigError(HooklabError):
+    """A merge asked for something that cannot work: method, weights, parameters, output folder, YAML."""

@@ -130,3 +130,18 @@ def mlp_out(model: HookedModel, layer: int) -> MlpOut:
 def layer_device(model: HookedModel, layer: int) -> torch.device:
     """The device that holds ``layer``'s weights (and runs its forward)."""
     return next(model.bridge.blocks[layer].parameters()).device
+
+
+def tensor_depth(layout: Layout, name: str) -> float:
+    """Where checkpoint tensor ``name`` sits in the stack: 0 (embeddings) to 1 (final norm, unembedding).
+
+    Layer i's tensors sit at i / (n_layers - 1); merge parameters given as a gradient over
+    depth (mergekit's ``t: [0, 0.5, 1]``) are read there.
+    """
+    prefix = layout.layers + "."
+    if name.startswith(prefix):
+        layer = int(name[len(prefix) :].split(".")[0])
+        return layer / max(layout.n_layers - 1, 1)
+    if any(name == p or name.startswith(p + ".") for p in (layout.final_norm, layout.unembed)):
+        return 1.0
+    return 0.0

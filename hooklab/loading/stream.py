@@ -3,7 +3,8 @@
 Never holds the model in host memory. Worker threads each read a tensor with ``preadv``
 (parallel reads out of the page cache, GIL released) into a pair of pinned staging buffers,
 and copy each filled buffer to its GPU on the thread's own CUDA stream while the next one
-fills, so reading, host-to-device copies and the several GPUs all overlap.
+fills, so reading, host-to-device copies and the several GPUs all overlap. Writes (the
+streamed merge) go the same way back: device → pinned buffer → ``pwrite``.
 
 On the CPU, tensors are memory-mapped copy-on-write by safetensors: loading costs no copy,
 and writing a weight (an edit) copies only the pages it touches, never the file.
@@ -11,6 +12,7 @@ and writing a weight (an edit) copies only the pages it touches, never the file.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections.abc import Iterable
@@ -20,10 +22,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from hooklab.loading.checkpoint import TensorEntry
 from hooklab.loading.tensors import Wanted
 
-CHUNK_BYTES = 8 * 1024**2  # per staging buffer; each reader thread owns two
+CHUNK_BYTES = 8 * 1024**2  # per staging buffer; each thread owns two
 GPU_READERS = 16  # threads reading towards GPUs (page-cache reads and copies scale to ~this)
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux's value; Python names it from 3.14
 
 
 def read_tensors(
@@ -34,7 +38,7 @@ def read_tensors(
     gpu_jobs = any(device.type == "cuda" for _, device in jobs)
     if threads is None:
         threads = min(GPU_READERS, os.cpu_count() or 1) if gpu_jobs else min(4, os.cpu_count() or 1)
-    reader, loaded = _Reader(), {}
+    reader, loaded = TensorIO(), {}
 
     def work(job: tuple[Wanted, torch.device]) -> None:
         name, tensor = reader.read(*job)
@@ -55,10 +59,16 @@ def read_tensors(
         reader.close()
 
 
-class _Reader:
-    """Per-thread file handles, staging buffers and CUDA streams."""
+class TensorIO:
+    """Per-thread file handles, pinned staging buffers and CUDA streams, shared by reads and writes.
 
-    def __init__(self) -> None:
+    ``map_whole_files=False`` maps each CPU tensor on its own instead of through one map of its
+    file: a merge reads each tensor once, and its pages should leave memory with the tensor,
+    not stay resident until the file is closed.
+    """
+
+    def __init__(self, map_whole_files: bool = True) -> None:
+        self._map_whole_files = map_whole_files
         self._local = threading.local()
         self._fds: dict[str, int] = {}
         self._maps: dict[Path, object] = {}
@@ -80,8 +90,56 @@ class _Reader:
     def read(self, want: Wanted, device: torch.device) -> tuple[str, torch.Tensor]:
         if device.type == "cuda":
             return want.name, self._read_cuda(want, device)
-        tensor = self._mapped(want.entry.file).get_tensor(want.key)
+        if self._map_whole_files:
+            tensor = self._mapped(want.entry.file).get_tensor(want.key)
+        else:
+            tensor = self._map_tensor(want.entry)
         return want.name, tensor if tensor.dtype == want.dtype else tensor.to(want.dtype)
+
+    def write(self, tensor: torch.Tensor, fd: int, offset: int) -> None:
+        """Write a contiguous tensor's bytes at ``offset`` of ``fd`` (from a GPU through pinned buffers)."""
+        src = _bytes_of(tensor)
+        if tensor.device.type != "cuda":
+            _pwrite_from(fd, src, offset)
+            return
+        stream = self.stream(tensor.device)
+        staging = self._staging()
+        events = [torch.cuda.Event(), torch.cuda.Event()]  # an event belongs to one device
+        stream.wait_stream(torch.cuda.current_stream(tensor.device))  # the tensor is computed
+        pending = None
+        with torch.cuda.stream(stream):
+            # Copy chunk i into one buffer while chunk i-1 is written from the other.
+            for i, start in enumerate(range(0, src.numel(), CHUNK_BYTES)):
+                n = min(CHUNK_BYTES, src.numel() - start)
+                slot = i % 2
+                staging[slot][:n].copy_(src[start : start + n], non_blocking=True)
+                events[slot].record(stream)
+                if pending is not None:
+                    self._flush(pending, staging, events, fd, offset)
+                pending = (slot, start, n)
+            if pending is not None:
+                self._flush(pending, staging, events, fd, offset)
+
+    @staticmethod
+    def _flush(pending: tuple[int, int, int], staging, events, fd: int, offset: int) -> None:
+        slot, start, n = pending
+        events[slot].synchronize()
+        _pwrite_from(fd, staging[slot][:n], offset + start)
+
+    def _map_tensor(self, entry: TensorEntry) -> torch.Tensor:
+        """One tensor mapped copy-on-write from its file (no copy); unmapped when the tensor is freed."""
+        start = entry.offset - entry.offset % mmap.ALLOCATIONGRANULARITY
+        if entry.nbytes == 0 or (entry.offset - start) % entry.dtype.itemsize:
+            tensor = torch.empty(entry.shape, dtype=entry.dtype)  # empty, or unaligned: read a copy
+            _pread_into(self._fd(entry.file), _bytes_of(tensor), entry.offset)
+            return tensor
+        mapped = mmap.mmap(self._fd(entry.file), entry.offset + entry.nbytes - start, access=mmap.ACCESS_COPY, offset=start)
+        try:  # fault the pages in with one call rather than one trap per 64 KB during the merge
+            mapped.madvise(_MADV_POPULATE_READ)
+        except OSError:  # kernels before 5.14
+            mapped.madvise(mmap.MADV_WILLNEED)
+        raw = torch.frombuffer(mapped, dtype=torch.uint8, offset=entry.offset - start, count=entry.nbytes)
+        return raw.view(entry.dtype).reshape(entry.shape)
 
     def _mapped(self, path: Path):
         with self._lock:
@@ -92,7 +150,7 @@ class _Reader:
     def _read_cuda(self, want: Wanted, device: torch.device) -> torch.Tensor:
         entry = want.entry
         raw = torch.empty(entry.shape, dtype=entry.dtype, device=device)
-        stream = self._stream(device)
+        stream = self.stream(device)
         staging = self._staging()
         events = [torch.cuda.Event(), torch.cuda.Event()]  # an event belongs to one device
         dst = _bytes_of(raw)
@@ -110,7 +168,8 @@ class _Reader:
         stream.synchronize()
         return out
 
-    def _stream(self, device: torch.device) -> torch.cuda.Stream:
+    def stream(self, device: torch.device) -> torch.cuda.Stream:
+        """This thread's CUDA stream on ``device``."""
         streams = self._local.__dict__.setdefault("streams", {})
         if device not in streams:
             streams[device] = torch.cuda.Stream(device=device)
@@ -136,3 +195,11 @@ def _pread_into(fd: int, buffer: torch.Tensor, offset: int) -> None:
         if n <= 0:
             raise OSError(f"unexpected end of file reading {len(view)} bytes at offset {offset}")
         done += n
+
+
+def _pwrite_from(fd: int, buffer: torch.Tensor, offset: int) -> None:
+    """Write a CPU uint8 tensor to ``fd`` at ``offset`` (loops over short writes)."""
+    view = memoryview(buffer.numpy()).cast("B")
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
