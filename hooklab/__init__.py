@@ -15,6 +15,7 @@ from hooklab.edit import (
     requests_from_counterfact,
     requests_from_zsre,
 )
+from hooklab.edit.wise import WiseHparams, WiseMemory
 from hooklab.errors import HooklabError
 from hooklab.evaluate import evaluate
 from hooklab.lens import LogitLens, logit_lens
@@ -32,6 +33,8 @@ __all__ = [
     "MergeResult",
     "Placement",
     "RomeHparams",
+    "WiseHparams",
+    "WiseMemory",
     "apply_edit",
     "compute_edit",
     "edit",

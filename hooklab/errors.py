@@ -84,3 +84,7 @@ class MergeMismatchError(HooklabError):
 
 class MergeConfigError(HooklabError):
     """A merge asked for something that cannot work: method, weights, parameters, output folder, YAML."""
+
+
+class WiseMemoryError(HooklabError):
+    """A WISE side memory that cannot be attached, trained or loaded as asked."""
