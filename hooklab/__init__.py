@@ -24,25 +24,9 @@ from hooklab.merge import MergeResult, merge
 from hooklab.model import HookedModel
 
 __all__ = [
-    "Edit",
-    "EditRequest",
-    "HookedModel",
-    "HooklabError",
-    "LogitLens",
-    "MemitHparams",
-    "MergeResult",
-    "Placement",
-    "RomeHparams",
-    "WiseHparams",
-    "WiseMemory",
-    "apply_edit",
-    "compute_edit",
-    "edit",
-    "evaluate",
-    "load",
-    "logit_lens",
-    "merge",
+    "HookedModel", "HooklabError", "LogitLens", "MergeResult", "Placement", "load", "logit_lens", "merge",
     "plan_placement",
-    "requests_from_counterfact",
-    "requests_from_zsre",
-]
+    "Edit", "EditRequest", "MemitHparams", "RomeHparams", "apply_edit", "compute_edit", "edit", "evaluate",
+    "requests_from_counterfact", "requests_from_zsre",
+    "WiseHparams", "WiseMemory",
+]  # fmt: skip

@@ -50,6 +50,61 @@ def demo(args: argparse.Namespace) -> None:
     print(f"Saved the logit-lens plot to {out}")
 
 
+def _records(path: str) -> list[dict]:
+    import json
+
+    records = json.loads(Path(path).read_text())
+    return records if isinstance(records, list) else [records]
+
+
+def _requests_from(records: list[dict]):
+    """Edit requests from CounterFact or zsRE records, or from {prompt, subject, target} dicts."""
+    import hooklab
+
+    if records and "requested_rewrite" in records[0]:
+        return hooklab.requests_from_counterfact(records)
+    if records and "alt" in records[0]:
+        return hooklab.requests_from_zsre(records)
+    return [hooklab.EditRequest.from_dict(r) for r in records]
+
+
+def edit_cmd(args: argparse.Namespace) -> None:
+    """Compute an edit (ROME or MEMIT) and save it as a small safetensors file."""
+    import hooklab
+
+    model = hooklab.load(args.model, device=args.device)
+    requests = _requests_from(_records(args.requests))[: args.limit]
+    start = time.perf_counter()
+    edit = hooklab.compute_edit(model, requests, args.method, hparams=args.hparams, stats=args.stats)
+    path = edit.save(args.out)
+    print(f"{edit!r} computed in {time.perf_counter() - start:.1f} s")
+    print(f"Saved to {path} ({path.stat().st_size / 1024:.1f} KiB), for base model {edit.base_fingerprint}")
+
+
+def eval_cmd(args: argparse.Namespace) -> None:
+    """Evaluate a model (and, with --edit, the model with the edit applied) on CounterFact or zsRE records."""
+    import json
+
+    import hooklab
+
+    records = _records(args.data)[: args.limit]
+    protocol = args.protocol
+    if protocol == "auto":
+        protocol = "zsre" if records and "alt" in records[0] else "counterfact"
+    model = hooklab.load(args.model, device=args.device)
+    columns = {"unedited": hooklab.evaluate(model, records, protocol, fluency=not args.no_fluency)}
+    if args.edit:
+        edit = hooklab.apply_edit(model, args.edit)
+        columns["edited"] = hooklab.evaluate(model, records, protocol, edit=edit, fluency=not args.no_fluency)
+    keys = list(next(iter(columns.values())))
+    print(f"{protocol} over {len(records)} record(s) of {args.data}")
+    print("metric  " + "  ".join(f"{name:>9}" for name in columns))
+    for key in keys:
+        print(f"{key:<7} " + "  ".join(f"{col[key]:9.3f}" for col in columns.values()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"protocol": protocol, "n": len(records), **columns}, indent=1))
+
+
 def merge(args: argparse.Namespace) -> None:
     """Run a YAML merge recipe (mergekit's shape) and say where the result is."""
     import logging
@@ -75,6 +130,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--out", default="hooklab-demo-logit-lens.png", help="where to save the plot")
     p.set_defaults(run=demo)
+
+    p = jobs.add_parser("edit", help="compute a ROME or MEMIT edit and save it as a .safetensors file")
+    p.add_argument("--model", required=True, help="an HF folder, a .gguf file or 'smollm2'")
+    p.add_argument("--requests", required=True, help="JSON list: {prompt, subject, target}, CounterFact or zsRE records")
+    p.add_argument("--method", choices=["rome", "memit"], default="rome")
+    p.add_argument("--out", required=True, help="the edit file to write")
+    p.add_argument("--stats", required=True, help="text corpus for the MLP key statistics (collected once, cached)")
+    p.add_argument("--hparams", default=None, help="JSON or YAML with every hyperparameter (default: for the model)")
+    p.add_argument("--limit", type=int, default=None, help="use the first N requests")
+    p.add_argument("--device", default=None, help="cpu or cuda:N (default: GPU 0 if any, else CPU)")
+    p.set_defaults(run=edit_cmd)
+
+    p = jobs.add_parser("eval", help="CounterFact or zsRE metrics of a model, and of it with an edit applied")
+    p.add_argument("--model", required=True, help="an HF folder, a .gguf file or 'smollm2'")
+    p.add_argument("--data", required=True, help="JSON list of CounterFact or zsRE records")
+    p.add_argument("--edit", default=None, help="an edit file made for this model")
+    p.add_argument("--protocol", choices=["auto", "counterfact", "zsre"], default="auto")
+    p.add_argument("--limit", type=int, default=None, help="use the first N records")
+    p.add_argument("--no-fluency", action="store_true", help="skip the generations for fluency (CounterFact)")
+    p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--device", default=None, help="cpu or cuda:N (default: GPU 0 if any, else CPU)")
+    p.set_defaults(run=eval_cmd)
 
     p = jobs.add_parser("merge", help="merge models as a YAML recipe says (linear, task_arithmetic, ties, slerp)")
     p.add_argument("config", help="YAML recipe: models, method, base_model, parameters, dtype, out")

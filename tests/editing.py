@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import hooklab
@@ -36,3 +37,15 @@ def same_weights(model, snap) -> bool:
     """Bit for bit (NaN-safe: compares the raw bits)."""
     now = dict(model.named_weights())
     return all(torch.equal(now[n].detach().view(torch.uint8), w.view(torch.uint8)) for n, w in snap.items())
+
+
+@pytest.fixture(scope="module")
+def llama(pico_llama):
+    """The pico Llama, loaded once per test module."""
+    return hooklab.load(pico_llama, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def stats(llama):
+    """Its key statistics at every layer."""
+    return key_moments(llama, range(llama.cfg.n_layers))

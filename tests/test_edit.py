@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from editing import FACTS, key_moments, same_weights, snapshot
+from editing import FACTS, key_moments, llama, same_weights, snapshot, stats  # noqa: F401 (fixtures)
 from safetensors import safe_open
 
 import hooklab
@@ -76,16 +76,6 @@ def test_subject_last_token_from_offsets(smollm2, pico_llama):
 
 
 # ---------------------------------------------------------------- compute, apply, undo
-
-
-@pytest.fixture(scope="module")
-def llama(pico_llama):
-    return hooklab.load(pico_llama, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def stats(llama):
-    return key_moments(llama, range(llama.cfg.n_layers))
 
 
 @pytest.mark.parametrize("method", ["rome", "memit"])

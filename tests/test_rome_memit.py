@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from editing import FACTS, key_moments, same_weights, snapshot
+from editing import FACTS, key_moments, llama, same_weights, snapshot, stats  # noqa: F401 (fixtures)
 
 import hooklab
 from hooklab import sites
@@ -19,16 +19,6 @@ from hooklab.edit.values import optimise_values
 from hooklab.errors import EditRequestError, EditSolveError, HparamsError
 
 FAST_ROME = dict(v_steps=8, context_lengths=[[5, 3]])
-
-
-@pytest.fixture(scope="module")
-def llama(pico_llama):
-    return hooklab.load(pico_llama, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def stats(llama):
-    return key_moments(llama, range(llama.cfg.n_layers))
 
 
 def rome_hp(model, **kw) -> hooklab.RomeHparams:

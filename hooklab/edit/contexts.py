@@ -4,33 +4,63 @@ ROME averages the subject's key over such prefixes and optimises the new value u
 so the edit holds whatever precedes the prompt (Meng et al. 2022, section 3.1). Each
 template is ``"<generated text>. {}"``; ``"{}"`` (no prefix) always comes first. Generation
 samples from the top 5 tokens after a document boundary, as the reference code does
-(``<|endoftext|>`` there), seeded so that the same model and seed give the same templates.
+(``<|endoftext|>`` there), seeded so that the same model and seed give the same templates; they
+are kept in a small JSON file keyed by the model's fingerprint, the lengths and the seed, so
+repeated edits of one model do not sample them again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
+from hooklab.loading.embedded import cache_dir
 from hooklab.model import HookedModel
 
 # The reference MEMIT code's openings: neutral, and single tokens in most vocabularies.
 OPENINGS = ("The", "Therefore", "Because", "I", "You")
 
 
-@torch.no_grad()
 def context_templates(
-    model: HookedModel, lengths: Sequence[tuple[int, int]], *, seed: int = 0
+    model: HookedModel,
+    lengths: Sequence[tuple[int, int]],
+    *,
+    seed: int = 0,
+    cache: str | os.PathLike | bool = True,
 ) -> list[str]:
     """``["{}"]`` followed by generated prefixes: ``count`` of about ``tokens`` tokens for each pair.
 
     Args:
         lengths: ``((tokens, count), ...)``; ROME's default ``((5, 10), (10, 10))`` gives 20.
-
-    All prefixes are sampled in one batch to the longest length and cut to their own: the first
-    n tokens of a sample are a sample of n tokens.
+        cache: folder of saved templates (True: ``$HOOKLAB_CACHE/templates``; False: none).
     """
+    path = None
+    if cache is not False and lengths:
+        folder = cache_dir() / "templates" if cache is True else Path(cache)
+        key = hashlib.sha256(json.dumps([[list(x) for x in lengths], seed, OPENINGS]).encode()).hexdigest()[:16]
+        path = folder / f"{model.fingerprint}-{key}.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):  # not there yet (or unreadable): sample them
+            pass
+    templates = _generate(model, lengths, seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(templates))
+        tmp.replace(path)  # atomic: a concurrent reader sees the whole file or none
+    return templates
+
+
+@torch.no_grad()
+def _generate(model: HookedModel, lengths: Sequence[tuple[int, int]], seed: int) -> list[str]:
+    """Sample all prefixes in one batch to the longest length and cut each to its own: the
+    first n tokens of a sample are a sample of n tokens."""
     tokenizer = model.tokenizer
     wanted = [(OPENINGS[i % len(OPENINGS)], tokens) for tokens, count in lengths for i in range(count)]
     texts: dict[int, str] = {}

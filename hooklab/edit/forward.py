@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge.exceptions import StopAtLayerException
+from transformers import DynamicCache
 
 from hooklab.edit.tokens import pad_left, pad_right
 from hooklab.model import HookedModel
@@ -82,14 +83,13 @@ class SplitRows:
         pos = positions(self.mask)
         width = prefix_ids.shape[1]
         self.suffix_positions = pos[:, width:]
-        with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
-            _, self.cache = model.bridge(
-                prefix_ids,
-                attention_mask=prefix_mask,
-                position_ids=pos[:, :width],
-                use_cache=True,
-                return_type="logits_and_cache",
-            )
+        # The run fills the cache layer by layer; stopping after the last block skips the unembedding.
+        self.cache = DynamicCache(config=model.hf_model.config)
+        with torch.no_grad():
+            final_residual(
+                model, prefix_ids, hooks=hooks, attention_mask=prefix_mask, position_ids=pos[:, :width],
+                past_key_values=self.cache, use_cache=True,
+            )  # fmt: skip
 
     def run(self, hooks: Hooks = (), grad: bool = True) -> Float[Tensor, "batch suffix d_model"]:
         """Final residuals of the suffixes, with ``hooks`` active."""

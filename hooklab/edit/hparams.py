@@ -117,11 +117,9 @@ class RomeHparams(_Hparams):
 
     @classmethod
     def for_model(cls, model: HookedModel) -> RomeHparams:
-        """Defaults for ``model``'s size, edit layer from causal tracing."""
-        layer = traced_layer(model.cfg.n_layers)
-        if _n_params(model) < SMALL:
-            return cls(layer=layer)
-        return cls(layer=layer)
+        """Defaults for ``model``'s size (the same numbers for all: the published ones held on
+        SmolLM2), edit layer from causal tracing."""
+        return cls(layer=traced_layer(model.cfg.n_layers))
 
 
 @dataclass(frozen=True)

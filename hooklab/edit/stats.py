@@ -2,7 +2,9 @@
 
 They come from ``hooklab.collect(..., reduce="second_moment")`` (computed on each layer's
 device and cached on disk by model fingerprint, corpus and token count); this module only
-asks for them and hands each layer its matrix on that layer's device.
+asks for them. Between uses they wait in host memory: a large model's C is d_mlp² float64
+(1.6 GB for Llama-3-8B), and MEMIT's layers often share one GPU, so each goes to its layer's
+device for that layer's solve only.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ Stats = Union[str, os.PathLike, Sequence[str], Mapping[str, Any]]
 def second_moments(
     model: HookedModel, layers: Sequence[int], stats: Stats | None, max_tokens: int
 ) -> tuple[dict[int, Float[Tensor, "d_mlp d_mlp"]], int | None]:
-    """C for each layer (float64, on the layer's device) and the number of tokens behind it (None: not given)."""
+    """C for each layer (float64, in host memory) and the number of tokens behind it (None: not given)."""
     if stats is None:
         raise EditRequestError(
             "ROME and MEMIT need statistics of the edited layers' MLP keys: pass stats='path/to/corpus.txt' "
@@ -56,7 +58,7 @@ def second_moments(
                 f"the statistics for {name} have shape {tuple(moment.shape)}, expected ({d_mlp}, {d_mlp}): "
                 "they belong to another model."
             )
-        out[layer] = moment.to(sites.mlp_out(model, layer).device, torch.float64)
+        out[layer] = moment.to("cpu", torch.float64)
     return out, min(counts) if counts else None
 
 

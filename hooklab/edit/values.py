@@ -181,7 +181,7 @@ def _optimise(
                     "the optimisation of the new value diverged (NaN or infinite loss); the model is unchanged. "
                     "Lower v_lr or check the model's outputs for NaN."
                 )
-            log.debug("step %d: loss %s, p(target) %s", step, loss.tolist(), (-nll).exp().tolist())
+            log.debug("step %d: loss %s (NLL %s, KL %s, decay %s)", step, _fmt(loss), _fmt(nll), _fmt(kl), _fmt(decay))
             newly = (loss.detach().to(device) < STOP_LOSS) & ~done
             kept[newly] = delta.detach()[newly]
             done |= newly
@@ -196,6 +196,10 @@ def _optimise(
                 norm = delta.norm(dim=-1)
                 delta.mul_(torch.where(norm > limit, limit / norm, torch.ones_like(norm))[:, None])
     return Values(init=init[0], delta=delta.detach(), prob=(-nll.detach()).exp().to(device))
+
+
+def _fmt(x: Tensor) -> str:
+    return " ".join(f"{v:.3f}" for v in x.detach().flatten().tolist()[:8])
 
 
 def _at(resid: Tensor, where: tuple[Tensor, Tensor]) -> Tensor:

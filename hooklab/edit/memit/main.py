@@ -55,7 +55,9 @@ def memit(
         now = read_at(model, [p.ids for p in plain], [p.subject_last for p in plain], [z_name], z_layer, hooks=hooks)
         resid = (zs - now[z_name].float()).to(device)  # (N, d_model)
         log.info("MEMIT layer %d: mean ‖z − h‖ %.3g over %d request(s)", layer, float(resid.norm(dim=1).mean()), len(requests))
-        left, right = solve_update(keys, resid / (len(hp.layers) - i), second_moments[layer], hp.mom2_update_weight)
+        moment = second_moments[layer].to(device)  # on the device for this solve only
+        left, right = solve_update(keys, resid / (len(hp.layers) - i), moment, hp.mom2_update_weight)
+        del moment
         updates[layer] = Update.from_factors(layer, left, right)
     return updates, {"templates": templates, "target_prob": values.prob.tolist()}
 

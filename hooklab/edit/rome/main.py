@@ -34,10 +34,11 @@ def rome(
 ) -> tuple[dict[int, Update], dict]:
     """The update of ``hp.layer`` (ΔW = V Uᵀ, one column per request) and notes on how it was made.
 
-    ``second_moment`` is C = E[k kᵀ] of the layer's keys, on the layer's device.
+    ``second_moment`` is C = E[k kᵀ] of the layer's keys.
     """
     layer = hp.layer
     device = sites.mlp_out(model, layer).device
+    second_moment = second_moment.to(device)
     templates = context_templates(model, hp.context_lengths, seed=hp.seed)
     lefts: list[torch.Tensor] = []  # v per request, (d_model,)
     rights: list[torch.Tensor] = []  # u per request, (d_mlp,)
