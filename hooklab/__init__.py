@@ -4,6 +4,7 @@ Load any local checkpoint into a TransformerLens-style hooked model (on one devi
 sharded over several), cache activations, locate and edit knowledge, merge models.
 """
 
+from hooklab.cache import Activations, Mean, SecondMoment, collect
 from hooklab.edit import (
     Edit,
     EditRequest,
@@ -20,12 +21,13 @@ from hooklab.errors import HooklabError
 from hooklab.evaluate import evaluate
 from hooklab.lens import LogitLens, logit_lens
 from hooklab.loading import Placement, load, plan_placement
+from hooklab.locate import TraceResult, TraceSummary, trace, trace_many
 from hooklab.merge import MergeResult, merge
 from hooklab.model import HookedModel
 
 __all__ = [
-    "HookedModel", "HooklabError", "LogitLens", "MergeResult", "Placement", "load", "logit_lens", "merge",
-    "plan_placement",
+    "Activations", "HookedModel", "HooklabError", "LogitLens", "Mean", "MergeResult", "Placement", "SecondMoment",
+    "TraceResult", "TraceSummary", "collect", "load", "logit_lens", "merge", "plan_placement", "trace", "trace_many",
     "Edit", "EditRequest", "MemitHparams", "RomeHparams", "apply_edit", "compute_edit", "edit", "evaluate",
     "requests_from_counterfact", "requests_from_zsre",
     "WiseHparams", "WiseMemory",

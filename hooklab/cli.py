@@ -120,6 +120,61 @@ def merge(args: argparse.Namespace) -> None:
     print(f"Merged {result.nbytes / 1e9:.2f} GB with {result.method} into {result.path} in {result.seconds:.1f} s")
 
 
+def collect(args: argparse.Namespace) -> None:
+    """Collect activations over a corpus to a folder, or reduce them to means / second moments."""
+    import hooklab
+
+    if args.out is None and args.reduce is None:
+        raise SystemExit("hooklab collect: give --out FOLDER to keep the activations, or --reduce mean|second_moment.")
+    model = hooklab.load(args.model, device=args.device)
+    layers = None if args.layers is None else [i for spec in args.layers for i in _layer_range(spec)]
+    result = hooklab.collect(
+        model, args.data, names=args.names, layers=layers, positions=args.positions, batch_size=args.batch_size,
+        max_length=args.max_length, out=args.out, reduce=args.reduce, max_tokens=args.max_tokens, dtype=args.dtype,
+    )  # fmt: skip
+    if args.reduce is None:
+        print(f"{result!r}\nOpen it with hooklab.Activations.load({str(result.path or args.out)!r}).")
+        return
+    for name, stats in result.items():
+        print(f"{name}: {stats.count} tokens, mean {tuple(stats.mean.shape)}"
+              + (f", E[x xᵀ] {tuple(stats.moment.shape)}" if args.reduce == "second_moment" else ""))  # fmt: skip
+    print("Saved in the statistics cache; the same call from Python reads them back without running the model.")
+
+
+def _layer_range(spec: str) -> range:
+    """``"4"`` → layer 4, ``"4-8"`` → layers 4..8."""
+    first, _, last = spec.partition("-")
+    return range(int(first), int(last or first) + 1)
+
+
+def trace(args: argparse.Namespace) -> None:
+    """Causal-trace one fact; write each kind's ROME-style heatmap (PNG) and scores (JSON)."""
+    import json
+
+    import hooklab
+    from hooklab.locate import CausalTracer
+
+    placement = {"devices": args.devices} if args.devices else {"device": args.device}
+    model = hooklab.load(args.model, **placement)
+    tracer = CausalTracer(
+        model, args.prompt, args.subject, target=args.target, samples=args.samples, noise=args.noise, seed=args.seed
+    )
+    b, e = tracer.prompt.subject
+    answer = model.tokenizer.decode([tracer.target_id])
+    print(f"{model!r}\nsubject tokens {list(tracer.prompt.str_tokens[b:e])}, target {answer!r}: "
+          f"p clean {tracer.high:.3f}, p corrupted {tracer.low:.3f} (noise {tracer.noise:.3f})")  # fmt: skip
+    kinds = ["hidden", "mlp", "attn"] if args.kind == "all" else [args.kind]
+    for kind in kinds:
+        start = time.perf_counter()
+        result = tracer.trace(kind, args.window)
+        token, layer, score = result.peak()
+        out = Path(f"{args.out}-{kind}")
+        result.plot(out.with_suffix(".png"), model_name=Path(str(args.model)).name)
+        out.with_suffix(".json").write_text(json.dumps(result.to_dict(), indent=1))
+        print(f"{kind:>6}: peak p {score:.3f} restoring token {token} {result.tokens[token]!r} at layer {layer} "
+              f"({time.perf_counter() - start:.1f} s) -> {out}.png, {out}.json")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hooklab", description=__doc__)
     jobs = parser.add_subparsers(dest="job", required=True)
@@ -158,6 +213,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=None, help="where tensors are merged (default: GPU 0 if any, else CPU)")
     p.add_argument("--overwrite", action="store_true", help="replace out once the new merge is complete")
     p.set_defaults(run=merge)
+
+    p = jobs.add_parser("collect", help="activations over a corpus to a folder, or their mean / second moment")
+    p.add_argument("data", help="a text file (one document per non-blank line)")
+    p.add_argument("--model", default="smollm2", help="smollm2, a checkpoint folder or a .gguf file")
+    p.add_argument("--device", default=None, help="cpu or cuda:N (default: GPU 0 if any, else CPU)")
+    p.add_argument("--names", nargs="+", default=None, help="hook names, full or block-relative (hook_resid_post)")
+    p.add_argument("--layers", nargs="+", default=None, help="layers for block-relative names: 4 5 or 4-8")
+    p.add_argument("--positions", default="all", choices=["all", "last"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=None, help="row length (default 512 for packed text)")
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--out", default=None, help="folder for the activations (rerun to resume)")
+    p.add_argument("--dtype", default=None, help="storage dtype, e.g. bfloat16 (default: the model's)")
+    p.add_argument("--reduce", default=None, choices=["mean", "second_moment"])
+    p.set_defaults(run=collect)
+
+    p = jobs.add_parser("trace", help="causal tracing of a fact (ROME); heatmaps as PNG, scores as JSON")
+    p.add_argument("--model", default="smollm2", help="HF folder, .gguf file or 'smollm2'")
+    p.add_argument("--prompt", required=True, help="e.g. 'The Eiffel Tower is located in the city of'")
+    p.add_argument("--subject", required=True, help="as written in the prompt, e.g. 'Eiffel Tower'")
+    p.add_argument("--kind", default="all", choices=["hidden", "mlp", "attn", "all"])
+    p.add_argument("--target", default=None, help="token to score (default: the model's own answer)")
+    p.add_argument("--window", type=int, default=10, help="MLP/attention layers restored together")
+    p.add_argument("--samples", type=int, default=10, help="corrupted runs averaged")
+    p.add_argument("--noise", default="3sigma", help="'<k>sigma' of the token embeddings, or a number")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda:N (default: GPU 0 if any, else CPU)")
+    p.add_argument("--devices", nargs="+", default=None, help="shard layers over these, e.g. cuda:0 cuda:1")
+    p.add_argument("--out", default="hooklab-trace", help="file prefix: <out>-<kind>.png and .json")
+    p.set_defaults(run=trace)
 
     args = parser.parse_args(argv)
     from hooklab.errors import HooklabError

@@ -86,5 +86,33 @@ class MergeConfigError(HooklabError):
     """A merge asked for something that cannot work: method, weights, parameters, output folder, YAML."""
 
 
+class LayerIndexError(HooklabError, IndexError):
+    """A layer number outside the model's layers."""
+
+
+class UnsupportedHookError(HooklabError):
+    """A hook whose activations cannot be collected per token (attention patterns, gated hooks)."""
+
+
+class EmptyCorpusError(HooklabError, ValueError):
+    """Data that holds no tokens to run."""
+
+
+class OutputDirError(HooklabError):
+    """An activation folder that cannot be written, or that holds a different collection."""
+
+
+class CollectArgumentError(HooklabError, ValueError):
+    """Arguments of a collection that do not fit the data or each other."""
+
+
+class SubjectNotFoundError(HooklabError, ValueError):
+    """A causal-tracing subject that does not occur in its prompt."""
+
+
+class TraceArgumentError(HooklabError, ValueError):
+    """A causal-tracing setting or record that cannot work (kind, window, noise, target, ...)."""
+
+
 class WiseMemoryError(HooklabError):
     """A WISE side memory that cannot be attached, trained or loaded as asked."""

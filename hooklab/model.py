@@ -7,6 +7,7 @@ the placement of layers on devices and a fingerprint of the weights.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -62,7 +63,19 @@ class HookedModel:
     def __call__(self, input: Any, **kwargs: Any) -> Any:
         return self.bridge(input, **kwargs)
 
-    def run_with_cache(self, *args: Any, **kwargs: Any) -> Any:
+    def run_with_cache(self, *args: Any, layers: Iterable[int] | None = None, **kwargs: Any) -> Any:
+        """TransformerLens's ``run_with_cache``; ``layers=[...]`` caches only those blocks' hooks.
+
+        ``layers`` combines with ``names_filter`` (both must match), so a cache of a few layers
+        costs memory for those layers only.
+
+        Example:
+            >>> logits, cache = model.run_with_cache(prompt, layers=[5, 6], names_filter=lambda n: "resid" in n)
+        """
+        if layers is not None:
+            from hooklab.cache.names import layer_filter  # hooklab.cache builds on this module
+
+            kwargs["names_filter"] = layer_filter(self, layers, kwargs.get("names_filter"))
         return self.bridge.run_with_cache(*args, **kwargs)
 
     def run_with_hooks(self, *args: Any, **kwargs: Any) -> Any:

@@ -67,6 +67,16 @@ def layout_for(config: PretrainedConfig) -> Layout:
     )
 
 
+def token_embedding() -> str:
+    """Hook name of the token embeddings (before positional embeddings are added, if any)."""
+    return "hook_embed"
+
+
+def resid_pre(layer: int) -> str:
+    """Hook name of the residual stream entering ``layer``."""
+    return f"blocks.{layer}.hook_resid_pre"
+
+
 def resid_post(layer: int) -> str:
     """Hook name of the residual stream after ``layer``."""
     return f"blocks.{layer}.hook_resid_post"
@@ -80,6 +90,39 @@ def mlp_output(layer: int) -> str:
 def attn_output(layer: int) -> str:
     """Hook name of the attention block's output at ``layer``."""
     return f"blocks.{layer}.hook_attn_out"
+
+
+def block_hook(layer: int, name: str) -> str:
+    """Full name of a block-relative hook: ``block_hook(5, "mlp.out.hook_in")`` → ``"blocks.5.mlp.out.hook_in"``."""
+    return f"blocks.{layer}.{name}"
+
+
+def hook_layer(name: str) -> int | None:
+    """The block a hook belongs to; None for hooks outside the blocks (embedding, final norm, unembedding)."""
+    parts = name.split(".")
+    if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
+def block_input(layer: int) -> str:
+    """The first hook a block fires (its input residual stream)."""
+    return f"blocks.{layer}.hook_in"
+
+
+def block_output(layer: int) -> str:
+    """The last hook a block fires (its output, the same tensor as ``hook_resid_post``)."""
+    return f"blocks.{layer}.hook_out"
+
+
+def is_embedding_hook(model: HookedModel, name: str) -> bool:
+    """True for hooks that fire before the first block (token and position embeddings)."""
+    return model.bridge._is_embedding_stage_hook(name)
+
+
+def position_dim(model: HookedModel, name: str) -> int:
+    """The position axis of a hook's activation: 1 for (batch, pos, ...), -2 for attention patterns."""
+    return model.bridge._pos_slice_dim(name, model.hook_dict.get(name))
 
 
 @dataclass(frozen=True)
