@@ -10,8 +10,8 @@ Runs are resumable (state under ``--work``; start the same command again) and ea
 run in its own process; every process rewrites the table from all results found under
 ``--work``. ROME and MEMIT use key statistics collected once on the unedited model.
 
-    python benchmarks/lifelong.py --methods wise --T 1 10 100 1000                  # this CPU
-    python benchmarks/lifelong.py --methods rome memit --T 1 10 100 1000 --threads 1
+    python benchmarks/lifelong.py --methods wise --T 1 10 100 --threads 1           # this CPU
+    python benchmarks/lifelong.py --methods rome memit --T 1 10 --threads 1
     python benchmarks/lifelong.py --methods wise --T 1 10 100 --model synthetic:llama3-8b --device cuda
 """
 
@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
 METHODS = ("wise", "rome", "memit")
 SAVE_EVERY = 25  # edits between saved states (a restart loses at most this many)
+UNRELATED_RECORDS = 100  # the file's last records give WISE's unrelated texts
 
 
 class Sequential:
@@ -101,7 +102,7 @@ def run(method: str, args, records: list[dict]) -> None:
             memory = hooklab.WiseMemory.load(model, state)
             progress["done"] = len(memory)
         else:
-            memory = hooklab.WiseMemory(model, hparams, unrelated=unrelated_texts(args))
+            memory = hooklab.WiseMemory(model, hparams, unrelated=unrelated_texts(args, len(records)))
             progress = {"done": 0, "seconds": [], "results": {}}
         reference = memory
 
@@ -143,6 +144,8 @@ def run(method: str, args, records: list[dict]) -> None:
             scores = hooklab.evaluate(model, records[:t], "zsre", edit=reference)
             scores.update(eval_seconds=time.perf_counter() - start, seconds_per_edit=sum(progress["seconds"][:t]) / t,
                           last_seconds_per_edit=sum(progress["seconds"][max(0, t - 100) : t]) / min(t, 100))  # fmt: skip
+            if method == "wise":
+                scores["overhead"] = routing_overhead(model, memory, records)
             progress["results"][str(t)] = scores
             logging.info("%s T=%d: %s", method, t, scores)
         if t % SAVE_EVERY == 0 or t in args.T or t == n:
@@ -151,13 +154,45 @@ def run(method: str, args, records: list[dict]) -> None:
     progress_file.write_text(json.dumps(progress))
 
 
-def unrelated_texts(args) -> list[str] | None:
-    """WISE's unrelated texts: ``--unrelated wikitext`` takes 64 WikiText passages of 24 words; default the model's own."""
-    if args.unrelated != "wikitext":
+def unrelated_texts(args, n_edited: int) -> list[str] | None:
+    """WISE's unrelated texts (the routing loss's negatives), as in the reference's zsRE runs.
+
+    ``nq``: the NQ questions with their answers (``loc`` + ``loc_ans``) of the last
+    ``UNRELATED_RECORDS`` records of the file, which the edited sequence must not reach (their
+    ``loc`` is never evaluated); ``model``: texts the model writes itself.
+    """
+    if args.unrelated == "model":
         return None
-    lines = [line.strip() for line in open(args.corpus, encoding="utf-8")]
-    passages = [" ".join(line.split()[:24]) for line in lines if len(line.split()) >= 24 and not line.startswith("=")]
-    return passages[:64]
+    records = json.loads(Path(args.records).read_text())
+    first = len(records) - UNRELATED_RECORDS
+    if args.offset + n_edited > first:
+        raise SystemExit(f"the edited records reach record {first}, whose NQ questions are the unrelated texts; "
+                         "use --unrelated model or fewer edits.")  # fmt: skip
+    return [r["loc"] + " " + r["loc_ans"] for r in records[first:]]
+
+
+def routing_overhead(model, memory, records: list[dict], repeats: int = 20) -> float:
+    """Forward time with the memory attached over detached, minus 1: alternating runs, median ratio."""
+    import statistics
+
+    import torch
+
+    from hooklab.edit.tokens import pad_id, pad_right
+
+    tok = model.tokenizer
+    rows = [tok(r["src"] + " " + r["alt"])["input_ids"] for r in records[:16]]
+    ids, mask = pad_right(rows, pad_id(tok), model.cfg.device)
+    ratios = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            times = {}
+            for attached in (True, False):
+                with memory.attached() if attached else memory.undone():
+                    start = time.perf_counter()
+                    model(ids, attention_mask=mask)
+                    times[attached] = time.perf_counter() - start
+            ratios.append(times[True] / times[False])
+    return statistics.median(ratios) - 1
 
 
 def machine(args) -> str:
@@ -171,15 +206,18 @@ def machine(args) -> str:
 
 
 def report(args) -> str:
-    rows = ["| method | T | rel | gen | loc | s/edit (mean of T) | s/edit (last 100) | eval s |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| method | T | rel | gen | loc | s/edit (mean of T) | s/edit (last 100) | eval s | routing overhead |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for method in METHODS:
         path = Path(args.work) / method / "progress.json"
         if not path.exists():
             continue
         progress = json.loads(path.read_text())
         for t, r in sorted(progress["results"].items(), key=lambda kv: int(kv[0])):
+            overhead = f"{100 * r['overhead']:+.1f} %" if "overhead" in r else ""
             rows.append(f"| {method} | {t} | {r['rel']:.3f} | {r['gen']:.3f} | {r['loc']:.3f} | {r['seconds_per_edit']:.2f} | "
-                        f"{r['last_seconds_per_edit']:.2f} | {r['eval_seconds']:.0f} |")  # fmt: skip
+                        f"{r['last_seconds_per_edit']:.2f} | {r['eval_seconds']:.0f} | "
+                        f"{overhead} |")  # fmt: skip
         if progress["done"] < max(int(t) for t in args.T) and progress["done"]:
             rows.append(f"| {method} | (running: {progress['done']} edits made) | | | | "
                         f"{sum(progress['seconds']) / len(progress['seconds']):.2f} | | |")  # fmt: skip
@@ -202,7 +240,7 @@ def main() -> None:
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--hparams", default=None, help="JSON of WiseHparams fields to override")
-    parser.add_argument("--unrelated", default="model", choices=["model", "wikitext"])
+    parser.add_argument("--unrelated", default="nq", choices=["nq", "model"], help="WISE's unrelated texts")
     parser.add_argument("--work", default="/tmp/hooklab-lifelong")
     parser.add_argument("--out", default=str(HERE / "results" / "lifelong.md"))
     parser.add_argument("--report", action="store_true", help="only rewrite the table from --work")

@@ -96,7 +96,13 @@ def edit(
     if method == "wise":
         from hooklab.edit.wise import WiseMemory
 
-        return WiseMemory(model, hparams).add(requests)
+        requests = _requests(requests)
+        memory = WiseMemory(model, hparams)
+        try:
+            return memory.add(requests)
+        except BaseException:
+            memory.detach()  # a failed edit leaves the model as it was
+            raise
     return compute_edit(model, requests, method, hparams, stats).apply(model)
 
 

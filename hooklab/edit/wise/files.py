@@ -40,6 +40,8 @@ def save_memory(memory: WiseMemory, path: str | os.PathLike) -> Path:
         tensors[f"done.{i}.delta"], tensors[f"done.{i}.mask"] = shard.delta, shard.mask
     if shards.current is not None:
         tensors["current.delta"], tensors["current.mask"] = shards.current.delta, shards.current.mask
+        if shards.current.keys is not None:  # what later edits of this shard replay
+            tensors["current.keys"], tensors["current.values"] = shards.current.keys, shards.current.values
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {
         "format": FORMAT,
@@ -53,7 +55,7 @@ def save_memory(memory: WiseMemory, path: str | os.PathLike) -> Path:
         "edit_scores": json.dumps(memory.edit_scores),
         "shard_edits": json.dumps({"done": [s.n_edits for s in shards.done],
                                    "current": shards.current.n_edits if shards.current else None,
-                                   "started": shards.n_started}),  # fmt: skip
+                                   "started": shards.n_started, "merged": shards.n_merged}),  # fmt: skip
         "seconds": json.dumps(memory.seconds),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,18 +86,20 @@ def load_memory(cls: type[WiseMemory], model: HookedModel, path: str | os.PathLi
     shape = tuple(memory.site.weight.shape)
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         names = set(f.keys())
-        for name in names:
+        for name in names - {"current.keys", "current.values"}:
             if tuple(f.get_slice(name).get_shape()) != shape:
                 raise EditMismatchError(
                     f"{path}: tensor {name} has shape {tuple(f.get_slice(name).get_shape())}, but layer "
                     f"{hparams.layer}'s MLP output projection is {shape}; the memory is for another architecture."
                 )
-        shards = Shards(n_started=counts["started"])
+        shards = Shards(n_started=counts["started"], n_merged=counts["merged"])
         shards.merged = f.get_tensor("merged") if "merged" in names else None
         shards.done = [Shard(f.get_tensor(f"done.{i}.delta"), f.get_tensor(f"done.{i}.mask"), n)
                        for i, n in enumerate(counts["done"])]  # fmt: skip
         if counts["current"] is not None:
             shards.current = Shard(f.get_tensor("current.delta"), f.get_tensor("current.mask"), counts["current"])
+            if "current.keys" in names:
+                shards.current.keys, shards.current.values = f.get_tensor("current.keys"), f.get_tensor("current.values")
     memory.shards = shards
     memory.edit_scores = [float(s) for s in json.loads(meta["edit_scores"])]
     memory.requests = [EditRequest.from_dict(r) for r in json.loads(meta["requests"])]

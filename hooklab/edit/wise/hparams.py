@@ -26,8 +26,9 @@ class WiseHparams(_Hparams):
         layer: the layer whose MLP output projection the side memory copies.
         mask_ratio: ρ, the share of the side weights one knowledge shard may change (a random
             gradient mask per shard).
-        edit_lr, n_iter: SGD learning rate and the most steps per edit (training stops early once
-            the targets are the top tokens and the routing margins hold).
+        edit_lr, n_iter: Adam's learning rate and the most steps per edit (training stops early
+            once the targets' cross-entropy is under ``stop_ce`` and every routing margin holds).
+        stop_ce: that cross-entropy (mean over the target's tokens, in nats).
         alpha, beta, gamma: the routing margins: scores of unrelated tokens are pushed below
             alpha, those of edited tokens above beta, and their means at least gamma apart.
         act_ratio: the routing threshold ε is act_ratio × the lowest score an edit ended with.
@@ -36,6 +37,8 @@ class WiseHparams(_Hparams):
         shards_per_merge: completed shards merged (TIES) into the side memory at once.
         density: TIES's trim: the share of each shard's change kept when merging.
         context_lengths: ((tokens, count), ...) of generated prefixes the edit is trained under.
+        replay: weight of the replay term: the edits already in the shard keep their side
+            outputs (relative squared error at their keys), so later edits do not overwrite them.
         n_unrelated: unrelated texts drawn per edit for the routing loss.
         seed: masks, prefixes and the draw of unrelated texts.
     """
@@ -43,8 +46,9 @@ class WiseHparams(_Hparams):
     method: ClassVar[str] = "wise"
     layer: int
     mask_ratio: float = 0.2
-    edit_lr: float = 1.0
-    n_iter: int = 70
+    edit_lr: float = 0.05
+    n_iter: int = 25
+    stop_ce: float = 0.05
     alpha: float = 5.0
     beta: float = 20.0
     gamma: float = 10.0
@@ -53,8 +57,9 @@ class WiseHparams(_Hparams):
     edits_per_shard: int = 500
     shards_per_merge: int = 2
     density: float = 0.53
-    context_lengths: tuple[tuple[int, int], ...] = ((5, 5), (10, 5))
-    n_unrelated: int = 8
+    context_lengths: tuple[tuple[int, int], ...] = ((5, 2), (10, 2))
+    replay: float = 10.0
+    n_unrelated: int = 100
     seed: int = 0
 
     @property
@@ -67,7 +72,7 @@ class WiseHparams(_Hparams):
             raise HparamsError(f"layer {self.layer} is out of range: the model has layers 0..{n_layers - 1}.")
         bad = [n for n in ("edit_lr", "n_iter", "act_ratio", "norm_constraint", "edits_per_shard", "shards_per_merge")
                if getattr(self, n) <= 0]  # fmt: skip
-        bad += [n for n in ("alpha", "gamma", "n_unrelated") if getattr(self, n) < 0]
+        bad += [n for n in ("alpha", "gamma", "n_unrelated", "replay", "stop_ce") if getattr(self, n) < 0]
         if not 0 < self.mask_ratio <= 1:
             bad.append("mask_ratio (in (0, 1])")
         if not 0 < self.density <= 1:

@@ -36,7 +36,8 @@ from hooklab.errors import EditMismatchError, HparamsError
 from hooklab.model import HookedModel
 
 log = logging.getLogger(__name__)
-UNRELATED_TEXTS = (24, 32)  # (tokens, count) of the texts the model writes itself when none are given
+UNRELATED_TEXTS = (24, 32)
+UNRELATED_TOKENS = 32  # unrelated texts are cut to this many tokens: enough context, bounded cost  # (tokens, count) of the texts the model writes itself when none are given
 
 
 class WiseMemory:
@@ -240,7 +241,7 @@ class WiseMemory:
     def _keys(self, texts: Sequence[str]) -> list[Float[Tensor, "pos d_mlp"]]:
         """Layer L's MLP keys of every token of each text (the forward stops after layer L)."""
         tok = self.model.tokenizer
-        rows = [tok(t)["input_ids"] for t in texts]
+        rows = [tok(t)["input_ids"][:UNRELATED_TOKENS] for t in texts]
         ids, mask = pad_right(rows, pad_id(tok), self.model.cfg.device)
         found: list[Tensor] = []
 

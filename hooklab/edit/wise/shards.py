@@ -51,6 +51,7 @@ class Shards:
     done: list[Shard] = field(default_factory=list)
     current: Shard | None = None
     n_started: int = 0  # shards begun so far: the next mask's seed offset
+    n_merged: int = 0  # edits in the merged memory
 
     def sides(self) -> list[Float[Tensor, "d_model d_mlp"]]:
         """The changes routing chooses among: the merged memory, completed shards, the current one."""
@@ -62,7 +63,7 @@ class Shards:
 
     @property
     def n_edits(self) -> int:
-        return sum(s.n_edits for s in self.done) + (self.current.n_edits if self.current else 0)
+        return self.n_merged + sum(s.n_edits for s in self.done) + (self.current.n_edits if self.current else 0)
 
     def begin(self, shape: tuple[int, int], ratio: float, seed: int, device: torch.device) -> Shard:
         """The shard the next edit trains into (a new one, with a new mask, when none is open)."""
@@ -80,6 +81,7 @@ class Shards:
         self.current = None
         if len(self.done) >= shards_per_merge:
             self.merged = merge([s.delta for s in self.done], self.merged, density)
+            self.n_merged += sum(s.n_edits for s in self.done)
             self.done = []
 
 

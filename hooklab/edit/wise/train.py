@@ -18,6 +18,7 @@ entry of Δ is clamped to ±norm_constraint. Only the blocks above the side memo
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,8 +36,6 @@ from hooklab.errors import EditSolveError
 from hooklab.model import HookedModel
 
 log = logging.getLogger(__name__)
-STOP_LOSS = 0.02  # the reference's early stop: loss this low (and no longer moving)
-STOP_CHANGE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,9 @@ def train_edit(
     edited = keys[suffix]  # (n_e, d_mlp)
     plain_edited = keys[torch.tensor(plain, device=device)][suffix[torch.tensor(plain, device=device)]]
     prefix = upper.prefix_keys.to(device).float() if upper.prefix_keys is not None else keys.new_zeros(0, keys.shape[-1])
-    unrelated = torch.cat([unrelated_keys.to(device).float(), prefix]) if __import__('os').environ.get('PREFIX','1')=='1' else unrelated_keys.to(device).float()  # (n_u, d_mlp)
+    # Negatives: the unrelated texts, and the tokens before the edited ones (template text and
+    # the question's own words), so routing fires where the answer is produced and not before.
+    unrelated = torch.cat([unrelated_keys.to(device).float(), prefix])  # (n_u, d_mlp)
     # Target tokens: row i's suffix position j predicts targets[i][j].
     at_row = torch.tensor([i for i, t in enumerate(targets) for _ in t])
     at_pos = torch.tensor([j for t in targets for j in range(len(t))])
@@ -92,9 +93,8 @@ def train_edit(
     weight = torch.tensor([1.0 / (len(t) * len(targets)) for t in targets for _ in t])  # mean over tokens, then rows
 
     d = delta.detach().clone().requires_grad_(True)
-    opt = (torch.optim.Adam if __import__("os").environ.get("OPT") == "adam" else torch.optim.SGD)([d], lr=hp.edit_lr)
+    opt = torch.optim.SGD([d], lr=hp.edit_lr)
     grad_mask = mask.to(d.dtype)
-    previous = float("inf")
     with _frozen(model):
         for step in range(hp.n_iter):
             change = (keys @ d.T) * suffix[..., None]  # (B, S, d_model): the side memory answers at the suffix
@@ -103,19 +103,19 @@ def train_edit(
             picked = lp.gather(1, tokens.to(lp.device)[:, None])[:, 0]
             ce = -(picked * weight.to(lp.device)).sum().to(device)
             act = activation_loss((edited @ d.T).norm(dim=-1), (unrelated @ d.T).norm(dim=-1), hp)
-            loss = ce + float(__import__("os").environ.get("LAM", "1")) * act
+            loss = ce + act
             if replay is not None and len(replay[0]):
-                loss = loss + float(__import__("os").environ.get("REPLAY", "0")) * ((replay[0] @ d.T - replay[1]).pow(2).sum() / replay[1].pow(2).sum().clamp_min(1e-12))
+                # Earlier edits of this shard keep their side outputs (relative squared error).
+                loss = loss + hp.replay * (replay[0] @ d.T - replay[1]).pow(2).sum() / replay[1].pow(2).sum().clamp_min(1e-12)
             value = float(loss.detach())
-            if not torch.isfinite(loss):
+            if not math.isfinite(value):
                 raise EditSolveError(
                     f"the WISE edit diverged at step {step} (the loss is {value}); the memory is unchanged. "
                     "Lower edit_lr, or check the model's outputs for NaN."
                 )
-            log.debug("step %d: loss %.4f = CE %.4f + act %.4f", step, value, float(ce), float(act))
-            if value <= STOP_LOSS and abs(previous - value) <= STOP_CHANGE:
-                break
-            previous = value
+            log.debug("step %d: loss %.4f = CE %.4f + act %.4f", step, value, float(ce.detach()), float(act.detach()))
+            if float(ce.detach()) <= hp.stop_ce and float(act.detach()) == 0.0:
+                break  # the targets are near-certain and every routing margin holds
             opt.zero_grad()
             loss.backward()
             d.grad.mul_(grad_mask)
