@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -148,6 +149,7 @@ def test_save_load_round_trip(memory, smollm2, tmp_path):  # noqa: F811
         loaded = hooklab.WiseMemory.load(smollm2, path)
         try:
             assert len(loaded) == 3 and loaded.threshold == mem.threshold and loaded.requests == mem.requests
+            assert torch.equal(loaded.shards.current.keys, mem.shards.current.keys)  # what later edits replay
             for text, out in expected.items():
                 assert torch.equal(logits(smollm2, text), out)
         finally:
@@ -266,3 +268,22 @@ def test_memory_lives_on_its_layers_gpu(pico_llama):
         assert logits(model, FACTS[0].text).isfinite().all()
     finally:
         mem.detach()
+
+
+def test_cli_wise(pico_llama, tmp_path, capsys):
+    from hooklab.cli import main
+
+    requests, unrelated = tmp_path / "requests.json", tmp_path / "unrelated.json"
+    requests.write_text(json.dumps([r.to_dict() for r in FACTS[:2]]))
+    unrelated.write_text(json.dumps(UNRELATED))
+    model = hooklab.load(pico_llama, device="cpu")
+    hp = tmp_path / "hparams.json"
+    hp.write_text(json.dumps(hparams(model).to_dict()))
+    main(["wise", "--model", str(pico_llama), "--requests", str(requests), "--unrelated", str(unrelated),
+          "--hparams", str(hp), "--out", str(tmp_path / "memory.safetensors"), "--device", "cpu"])  # fmt: skip
+    assert "2 edit(s)" in capsys.readouterr().out
+    loaded = hooklab.WiseMemory.load(model, tmp_path / "memory.safetensors")
+    try:
+        assert len(loaded) == 2 and loaded.requests == FACTS[:2] and loaded.unrelated == UNRELATED
+    finally:
+        loaded.detach()

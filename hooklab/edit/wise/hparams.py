@@ -46,8 +46,8 @@ class WiseHparams(_Hparams):
     method: ClassVar[str] = "wise"
     layer: int
     mask_ratio: float = 0.2
-    edit_lr: float = 0.05
-    n_iter: int = 25
+    edit_lr: float = 0.02
+    n_iter: int = 40
     stop_ce: float = 0.05
     alpha: float = 5.0
     beta: float = 20.0
@@ -58,7 +58,7 @@ class WiseHparams(_Hparams):
     shards_per_merge: int = 2
     density: float = 0.53
     context_lengths: tuple[tuple[int, int], ...] = ((5, 2), (10, 2))
-    replay: float = 10.0
+    replay: float = 100.0
     n_unrelated: int = 100
     seed: int = 0
 

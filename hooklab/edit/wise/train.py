@@ -10,8 +10,8 @@ template, followed by the target), the loss is (Wang et al. 2024, eq. 4-6)
 with s = ‖Δ a(x)‖ the activation score of a token's MLP keys a(x): s_e over the edited tokens,
 s_u over unrelated tokens (unrelated texts and the prompt tokens before the edited ones), the
 last term over all (unrelated, edited) pairs, and mean⁺ the mean of the positive entries (0 if
-none), as in the reference code. SGD on Δ with the gradient masked to the shard's entries; each
-entry of Δ is clamped to ±norm_constraint. Only the blocks above the side memory run per step
+none), as in the reference code, plus the replay term that keeps the shard's earlier edits. Adam on
+Δ with the gradient masked to the shard's entries; each entry of Δ is clamped to ±norm_constraint. Only the blocks above the side memory run per step
 (:mod:`hooklab.edit.wise.upper`); the model's weights get no gradients.
 """
 
@@ -93,7 +93,7 @@ def train_edit(
     weight = torch.tensor([1.0 / (len(t) * len(targets)) for t in targets for _ in t])  # mean over tokens, then rows
 
     d = delta.detach().clone().requires_grad_(True)
-    opt = torch.optim.SGD([d], lr=hp.edit_lr)
+    opt = torch.optim.Adam([d], lr=hp.edit_lr)
     grad_mask = mask.to(d.dtype)
     with _frozen(model):
         for step in range(hp.n_iter):
@@ -118,7 +118,7 @@ def train_edit(
                 break  # the targets are near-certain and every routing margin holds
             opt.zero_grad()
             loss.backward()
-            d.grad.mul_(grad_mask)
+            d.grad.mul_(grad_mask)  # the shard's entries only (Adam leaves entries without gradient alone)
             opt.step()
             with torch.no_grad():
                 d.clamp_(-hp.norm_constraint, hp.norm_constraint)
