@@ -1,8 +1,10 @@
-"""WISE's hyperparameters: a frozen dataclass, defaults per model size, strict loading.
+"""WISE's hyperparameters: a frozen dataclass, defaults for the model, strict loading.
 
-Larger models take the published values (EasyEdit's LLaMA-2-7B file for the WISE paper, with
-its layer given as a relative depth); models under 1B parameters take values tuned on
-SmolLM2-135M over a development slice of zsRE (``benchmarks/results/lifelong.md`` says which).
+The routing margins, mask ratio, act ratio, shard sizes and TIES density are the published ones
+(EasyEdit's LLaMA-2-7B file for the WISE paper: save_freq 500 → ``edits_per_shard``, merge_freq
+1000 → ``shards_per_merge`` 2), the layer is given as a relative depth; the optimiser settings and
+the replay weight were tuned on SmolLM2-135M over zsRE records 500–515 (``hooklab/edit/wise/README.md``).
+They are the same for every model size: no larger model has been tuned here.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from hooklab.edit.hparams import SMALL, _Hparams, _n_params
+from hooklab.edit.hparams import _Hparams
 from hooklab.errors import HparamsError
 from hooklab.model import HookedModel
 
@@ -84,9 +86,6 @@ class WiseHparams(_Hparams):
 
     @classmethod
     def for_model(cls, model: HookedModel) -> WiseHparams:
-        """Defaults for ``model``'s size; the layer at 87 % depth."""
+        """The defaults with the layer at 87 % of ``model``'s depth."""
         n = model.cfg.n_layers
-        layer = min(n - 1, int(DEPTH * n))
-        if _n_params(model) < SMALL:
-            return cls(layer=layer)
-        return cls(layer=layer)
+        return cls(layer=min(n - 1, int(DEPTH * n)))

@@ -9,8 +9,7 @@ projection's module, present only while a memory is attached: without one, nothi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float
@@ -51,16 +50,6 @@ def scores(
 def attached_router(module: nn.Module) -> Router | None:
     """The router hooked on ``module``, if any."""
     return next((h for h in module._forward_hooks.values() if isinstance(h, Router)), None)
-
-
-@contextmanager
-def routing(site: sites.MlpOut, router: Router) -> Iterator[Router]:
-    """``router`` on ``site`` for the duration of the block (removed however the block ends)."""
-    handle = add_router(site, router)
-    try:
-        yield router
-    finally:
-        handle.remove()
 
 
 def add_router(site: sites.MlpOut, router: Router) -> torch.utils.hooks.RemovableHandle:
