@@ -184,14 +184,17 @@ def routing_overhead(model, memory, records: list[dict], repeats: int = 20) -> f
     tok = model.tokenizer
     rows = [tok(r["src"] + " " + r["alt"])["input_ids"] for r in records[:16]]
     ids, mask = pad_right(rows, pad_id(tok), model.cfg.device)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)  # GPU work is asynchronous
     ratios = []
     with torch.no_grad():
         for _ in range(repeats):
             times = {}
             for attached in (True, False):
                 with memory.attached() if attached else memory.undone():
+                    sync()
                     start = time.perf_counter()
                     model(ids, attention_mask=mask)
+                    sync()
                     times[attached] = time.perf_counter() - start
             ratios.append(times[True] / times[False])
     return statistics.median(ratios) - 1
@@ -224,7 +227,7 @@ def report(args) -> str:
                         f"{r['last_seconds_per_edit']:.2f} | {r['eval_seconds']:.0f} | "
                         f"{overhead} |")  # fmt: skip
         if progress["done"] < max(int(t) for t in args.T) and progress["done"]:
-            rows.append(f"| {method} | (running: {progress['done']} edits made) | | | | "
+            rows.append(f"| {method} | ({progress['done']} edits made when last saved) | | | | "
                         f"{sum(progress['seconds']) / len(progress['seconds']):.2f} | | |")  # fmt: skip
     header = (f"# Lifelong editing on zsRE ({args.model})\n\nRecords {Path(args.records).name} from record {args.offset}, "
               "the first T with a non-empty target (`alt`), edited one after another; the final model evaluated on all T "
