@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--memit-n", type=int, nargs="+", default=[500, 50], help="batch sizes (each its own run)")
     parser.add_argument("--corpus", type=Path, default=SHARED / "corpus" / "wikitext_valid_test.txt")
     parser.add_argument("--stats-tokens", type=int, default=None, help="default: the hyperparameters' mom2_tokens")
+    parser.add_argument("--stats-file", type=Path, default=None,
+                        help="E[k kᵀ] by hook name in a safetensors file (metadata 'tokens'), instead of collecting")
     parser.add_argument("--no-fluency", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
@@ -129,8 +131,16 @@ def main() -> None:
     layers = sorted({rome_hp.layer, *memit_hp.layers})
     tokens = args.stats_tokens or max(rome_hp.mom2_tokens, memit_hp.mom2_tokens)
     start = time.perf_counter()
-    stats = hooklab.collect(model, args.corpus, names=[sites.mlp_out(model, l).hook_in for l in layers],
-                            reduce="second_moment", max_tokens=tokens)  # fmt: skip
+    if args.stats_file:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        stats = load_file(args.stats_file)
+        with safe_open(args.stats_file, "pt") as f:
+            tokens = int((f.metadata() or {}).get("tokens", 0)) or tokens
+    else:
+        stats = hooklab.collect(model, args.corpus, names=[sites.mlp_out(model, l).hook_in for l in layers],
+                                reduce="second_moment", max_tokens=tokens)  # fmt: skip
     stats_seconds = time.perf_counter() - start
     log(f"statistics of layers {layers} over {tokens} tokens: {stats_seconds:.0f} s (cached after the first run)")
 

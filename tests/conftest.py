@@ -69,10 +69,15 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
-def make_pico(arch: str, out: Path, tokenizer_dir: Path, *, seed: int = 0, shard: bool = False) -> Path:
-    """Save a randomly initialised pico model of ``arch`` (and the tokenizer) into ``out``."""
+def make_pico(arch: str, out: Path, tokenizer_dir: Path, *, seed: int = 0, shard: bool = False, **fields) -> Path:
+    """Save a randomly initialised pico model of ``arch`` (and the tokenizer) into ``out``.
+
+    ``fields`` replace the pico config's (e.g. ``num_hidden_layers=4``).
+    """
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(PICO_CONFIGS[arch]())
+    config = PICO_CONFIGS[arch]()
+    config.update(fields)
+    model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # larger than the 0.02 init, so logits differ clearly between tokens
         for p in model.parameters():
             p.normal_(0, 0.3) if p.dim() > 1 else p.uniform_(0.5, 1.5)

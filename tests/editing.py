@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_pico
 
 import hooklab
 from hooklab import sites
@@ -49,3 +50,9 @@ def llama(pico_llama):
 def stats(llama):
     """Its key statistics at every layer."""
     return key_moments(llama, range(llama.cfg.n_layers))
+
+
+@pytest.fixture(scope="session")
+def pico_llama4(tmp_path_factory, tokenizer_dir):
+    """A 4-layer pico Llama: enough layers for an edit window that spans two device slots."""
+    return make_pico("llama", tmp_path_factory.mktemp("llama4"), tokenizer_dir, seed=4, num_hidden_layers=4)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from editing import FACTS, key_moments, llama, same_weights, snapshot, stats  # noqa: F401 (fixtures)
+from editing import FACTS, key_moments, llama, pico_llama4, same_weights, snapshot, stats  # noqa: F401 (fixtures)
 from safetensors import safe_open
 
 import hooklab
@@ -181,27 +181,62 @@ def test_save_is_atomic(llama, stats, tmp_path, monkeypatch):
     assert path.read_bytes() == original and [p.name for p in tmp_path.iterdir()] == ["e.safetensors"]
 
 
-def test_multi_slot_placement_same_edit(pico_llama, stats):
-    """Layers on two device slots: the same updates as on one device."""
-    one = hooklab.load(pico_llama, device="cpu")
-    two = hooklab.load(pico_llama, devices=["cpu", "cpu"])
-    assert two.placement.layers == (0, 1)
-    a = hooklab.compute_edit(one, FACTS[:2], "memit", stats=stats)
-    b = hooklab.compute_edit(two, FACTS[:2], "memit", stats=stats)
-    for layer in a.layers:
+def test_multi_slot_placement_same_edit(pico_llama4):
+    """Layers on two device slots, the edit window across both: the same updates as on one device."""
+    one = hooklab.load(pico_llama4, device="cpu")
+    two = hooklab.load(pico_llama4, devices=["cpu", "cpu"])
+    assert two.placement.layers == (0, 0, 1, 1)
+    stats = key_moments(one, range(4))
+    hp = hooklab.MemitHparams(layers=(1, 2), v_steps=6, context_lengths=((5, 2),))
+    a = hooklab.compute_edit(one, FACTS, "memit", hparams=hp, stats=stats)
+    b = hooklab.compute_edit(two, FACTS, "memit", hparams=hp, stats=stats)
+    for layer in (1, 2):
         assert torch.allclose(a.updates[layer].matrix(), b.updates[layer].matrix(), atol=1e-5)
 
 
 @pytest.mark.gpu
-def test_updates_live_on_each_layers_gpu(pico_llama):
+def test_updates_live_on_each_layers_gpu(pico_llama4):
+    """On two GPUs every layer's update is made and kept on the GPU that holds the layer."""
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs")
-    model = hooklab.load(pico_llama, n_devices=2)
-    stats = key_moments(model, range(2))
-    e = hooklab.compute_edit(model, FACTS, "memit", stats=stats)
+    model = hooklab.load(pico_llama4, n_devices=2)
+    stats = key_moments(model, range(4))
+    hp = hooklab.MemitHparams(layers=(1, 2), v_steps=6, context_lengths=((5, 2),))
+    e = hooklab.compute_edit(model, FACTS, "memit", hparams=hp, stats=stats)
     for layer, update in e.updates.items():
-        assert update.left.device == sites.mlp_out(model, layer).device == torch.device(f"cuda:{layer}")
+        assert update.left.device == update.right.device == sites.mlp_out(model, layer).device
+    assert {str(u.left.device) for u in e.updates.values()} == {"cuda:0", "cuda:1"}
     before = snapshot(model)
     e.apply(model)
     e.undo()
     assert same_weights(model, before)
+
+
+def test_cli_edit_then_eval(pico_llama, tmp_path, capsys, tokenizer_dir):
+    """`hooklab edit` writes an edit file; `hooklab eval` scores the model without and with it."""
+    from hooklab.cli import main
+
+    requests = tmp_path / "requests.json"
+    requests.write_text(json.dumps([f.to_dict() for f in FACTS[:2]]))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The Eiffel Tower is in Paris. Mount Fuji is the highest mountain in Japan.\n" * 60)
+    out = tmp_path / "edit.safetensors"
+    main(["edit", "--model", str(pico_llama), "--requests", str(requests), "--method", "memit", "--stats", str(corpus),
+          "--out", str(out), "--device", "cpu"])  # fmt: skip
+    assert "memit" in capsys.readouterr().out and deltas.read_metadata(out)["method"] == "memit"
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps([{
+        "requested_rewrite": {"prompt": f.prompt, "subject": f.subject, "target_new": {"str": f.target.strip()},
+                              "target_true": {"str": "Tokyo"}},
+        "paraphrase_prompts": [], "neighborhood_prompts": ["Mount Fuji is in"], "generation_prompts": [],
+    } for f in FACTS[:2]]))  # fmt: skip
+    main(["eval", "--model", str(pico_llama), "--edit", str(out), "--data", str(records), "--no-fluency",
+          "--json", str(tmp_path / "m.json"), "--device", "cpu"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "unedited" in printed and "edited" in printed
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert set(metrics["edited"]) == {"es", "ps", "ns", "em", "pm", "nm", "fluency"}
+    other = make_pico("llama", tmp_path / "other", tokenizer_dir, seed=1)
+    with pytest.raises(SystemExit) as exit:  # another model: a one-line error, exit status 1
+        main(["eval", "--model", str(other), "--edit", str(out), "--data", str(records), "--no-fluency"])
+    assert exit.value.code == 1 and "was made for a model with fingerprint" in capsys.readouterr().err

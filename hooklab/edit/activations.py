@@ -62,11 +62,12 @@ def read_at(
     The forward stops after ``last_layer`` (no layer after it can matter to these hooks).
     """
     pad = pad_id(model.tokenizer)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: less padding
     found: dict[str, list[Tensor]] = {name: [] for name in names}
-    for start in range(0, len(rows), ROWS_PER_BATCH):
-        chunk = rows[start : start + ROWS_PER_BATCH]
-        where = torch.tensor(index[start : start + ROWS_PER_BATCH])
-        ids, mask = pad_right(chunk, pad, model.cfg.device)
+    for start in range(0, len(order), ROWS_PER_BATCH):
+        chunk = order[start : start + ROWS_PER_BATCH]
+        where = torch.tensor([index[i] for i in chunk])
+        ids, mask = pad_right([rows[i] for i in chunk], pad, model.cfg.device)
 
         def grab(act: Tensor, hook, name: str) -> None:
             found[name].append(act[torch.arange(len(chunk), device=act.device), where.to(act.device)])
@@ -77,4 +78,5 @@ def read_at(
         capture = [(name, partial(grab, name=name)) for name in names] + [(sites.resid_post(last_layer), stop)]
         with model.hooks(fwd_hooks=[*hooks, *capture]):
             model.bridge(ids, attention_mask=mask, position_ids=positions(mask))
-    return {name: torch.cat(parts) for name, parts in found.items()}
+    back = torch.tensor(order).argsort()
+    return {name: torch.cat(parts)[back.to(parts[0].device)] for name, parts in found.items()}

@@ -36,7 +36,9 @@ from hooklab.sites import layer_device
 log = logging.getLogger(__name__)
 KL_TEMPLATE = "{} is a"
 STOP_LOSS = 5e-2
-ROWS_PER_BATCH = 256  # token rows optimised together (each request has one per template, plus one)
+# Token rows optimised together (each request has one per template, plus one): GPUs take more
+# at once; activations kept for the backward pass bound it (~20 GB at 512 rows of 8B-sized layers).
+ROWS_PER_BATCH = {"cpu": 256, "cuda": 512}
 
 
 class ValueHparams(Protocol):
@@ -65,7 +67,7 @@ def optimise_values(
     hp: ValueHparams,
     *,
     hooks: Hooks = (),
-    rows_per_batch: int = ROWS_PER_BATCH,
+    rows_per_batch: int | None = None,
 ) -> Values:
     """δ for each request at activation ``hook`` of ``layer`` (shape (batch, pos, d_model)).
 
@@ -75,12 +77,24 @@ def optimise_values(
     """
     if templates[0] != "{}":
         raise ValueError("the first context template must be '{}' (the prompt alone)")
+    device = layer_device(model, layer)
+    rows_per_batch = rows_per_batch or ROWS_PER_BATCH.get(device.type, 256)
     per_batch = max(1, rows_per_batch // (len(templates) + 1))
-    chunks = [requests[i : i + per_batch] for i in range(0, len(requests), per_batch)]
+    # Requests whose tokens after the subject are as many share a batch: rows are padded to the
+    # longest, and the padding would otherwise cost as much as the work.
+    order = sorted(range(len(requests)), key=lambda i: _suffix_length(model, requests[i]))
+    chunks = [order[i : i + per_batch] for i in range(0, len(order), per_batch)]
     parts = []
     for chunk in tqdm(chunks, desc="optimising targets", unit="batch", disable=len(chunks) == 1, leave=False):
-        parts.append(_optimise(model, chunk, templates, layer_device(model, layer), hook, hp, hooks))
-    return Values(*(torch.cat([getattr(p, f) for p in parts]) for f in ("init", "delta", "prob")))
+        parts.append(_optimise(model, [requests[i] for i in chunk], templates, device, hook, hp, hooks))
+    back = torch.tensor(order).argsort()  # from sorted order back to the requests' order
+    return Values(*(torch.cat([getattr(p, f) for p in parts])[back.to(device)] for f in ("init", "delta", "prob")))
+
+
+def _suffix_length(model: HookedModel, request: EditRequest) -> int:
+    """Tokens from the subject's last one to the end of prompt + target (what each step runs)."""
+    prompt = subject_prompt(model.tokenizer, request.prompt, request.subject)
+    return len(prompt.ids) - prompt.subject_last + len(target_ids(model.tokenizer, request.target)) - 1
 
 
 @dataclass(frozen=True)
