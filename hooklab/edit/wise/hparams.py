@@ -60,7 +60,7 @@ class WiseHparams(_Hparams):
     shards_per_merge: int = 2
     density: float = 0.53
     context_lengths: tuple[tuple[int, int], ...] = ((5, 2), (10, 2))
-    replay: float = 100.0
+    replay: float = 1000.0
     n_unrelated: int = 100
     seed: int = 0
 
