@@ -176,7 +176,8 @@ def main() -> None:
     text = "\n".join(report) + "\n"
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"trace-{name}-{kind}.md").write_text(text)
+    suffix = "" if args.dtype == "float32" else f"-{args.dtype}"
+    (args.out / f"trace-{name}-{kind}{suffix}.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -56,16 +56,31 @@ class _Barrier:
         self.lock = threading.Lock()
 
 
-class _PinnedRing:
-    """Up to ``depth`` page-locked buffers for one hook's activations."""
+class _PinnedBudget:
+    """Page-locked bytes shared by all hooks' rings: every ring gets one buffer, more only within the budget."""
 
-    def __init__(self, depth: int) -> None:
+    def __init__(self, nbytes: int) -> None:
+        self.left = nbytes
+        self.lock = threading.Lock()
+
+    def reserve(self, nbytes: int) -> bool:
+        with self.lock:
+            if nbytes > self.left:
+                return False
+            self.left -= nbytes
+            return True
+
+
+class _PinnedRing:
+    """Up to ``depth`` page-locked buffers for one hook's activations (beyond the first, as the budget allows)."""
+
+    def __init__(self, depth: int, budget: _PinnedBudget) -> None:
         self.free: queue.Queue[Tensor] = queue.Queue()
-        self.made, self.depth = 0, depth
+        self.made, self.depth, self.budget = 0, depth, budget
 
     def take(self, nbytes: int, alive: Callable[[], None]) -> Tensor:
         while True:
-            if self.free.empty() and self.made < self.depth:
+            if self.free.empty() and self.made < self.depth and (self.made == 0 or self.budget.reserve(nbytes)):
                 self.made += 1
                 return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
             try:
@@ -78,10 +93,15 @@ class _PinnedRing:
 
 
 class Drain:
-    """Moves per-hook activations to ``sink`` through ``threads`` writer threads (see the module doc)."""
+    """Moves per-hook activations to ``sink`` through ``threads`` writer threads (see the module doc).
 
-    def __init__(self, sink: Sink, threads: int = 1, depth: int = 2) -> None:
+    Each hook gets up to ``depth`` pinned buffers of one batch; buffers beyond the first share
+    ``pinned_bytes``, which bounds host memory when many hooks are collected in wide batches.
+    """
+
+    def __init__(self, sink: Sink, threads: int = 1, depth: int = 2, pinned_bytes: int = 512 << 20) -> None:
         self.sink, self.depth = sink, depth
+        self.budget = _PinnedBudget(pinned_bytes)
         self.queues: list[queue.Queue] = [queue.Queue(maxsize=4 * depth) for _ in range(threads)]
         self.owner: dict[str, int] = {}
         self.rings: dict[str, _PinnedRing] = {}
@@ -125,7 +145,7 @@ class Drain:
     # -- internals --------------------------------------------------------------------------
 
     def _copy_to_host(self, name: str, x: Tensor) -> tuple:
-        ring = self.rings.setdefault(name, _PinnedRing(self.depth))
+        ring = self.rings.setdefault(name, _PinnedRing(self.depth, self.budget))
         nbytes = x.numel() * x.element_size()
         buf = ring.take(nbytes, self._alive)
         host = buf[:nbytes].view(x.dtype).view(x.shape)
