@@ -16,6 +16,7 @@ from hooklab.edit import (
     requests_from_counterfact,
     requests_from_zsre,
 )
+from hooklab.edit.wise import WiseHparams, WiseMemory
 from hooklab.errors import HooklabError
 from hooklab.evaluate import evaluate
 from hooklab.lens import LogitLens, logit_lens
@@ -29,4 +30,5 @@ __all__ = [
     "TraceResult", "TraceSummary", "collect", "load", "logit_lens", "merge", "plan_placement", "trace", "trace_many",
     "Edit", "EditRequest", "MemitHparams", "RomeHparams", "apply_edit", "compute_edit", "edit", "evaluate",
     "requests_from_counterfact", "requests_from_zsre",
+    "WiseHparams", "WiseMemory",
 ]  # fmt: skip

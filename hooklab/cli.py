@@ -81,6 +81,19 @@ def edit_cmd(args: argparse.Namespace) -> None:
     print(f"Saved to {path} ({path.stat().st_size / 1024:.1f} KiB), for base model {edit.base_fingerprint}")
 
 
+def wise_cmd(args: argparse.Namespace) -> None:
+    """Train edits one after another into a WISE side memory and save it."""
+    import hooklab
+
+    model = hooklab.load(args.model, device=args.device)
+    requests = _requests_from(_records(args.requests))[: args.limit]
+    unrelated = [str(t) for t in _records(args.unrelated)] if args.unrelated else None
+    memory = hooklab.WiseMemory(model, args.hparams, unrelated=unrelated).add(requests)
+    path = memory.save(args.out)
+    print(f"{len(memory)} edit(s) in {memory.seconds:.1f} s ({memory.seconds / len(memory):.2f} s/edit), threshold {memory.threshold:.3g}")
+    print(f"Saved to {path} ({path.stat().st_size / 1e6:.1f} MB), for base model {memory.base_fingerprint}")
+
+
 def eval_cmd(args: argparse.Namespace) -> None:
     """Evaluate a model (and, with --edit, the model with the edit applied) on CounterFact or zsRE records."""
     import json
@@ -196,6 +209,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=None, help="use the first N requests")
     p.add_argument("--device", default=None, help="cpu or cuda:N (default: GPU 0 if any, else CPU)")
     p.set_defaults(run=edit_cmd)
+
+    p = jobs.add_parser("wise", help="train edits one after another into a WISE side memory and save it")
+    p.add_argument("--model", required=True, help="an HF folder, a .gguf file or 'smollm2'")
+    p.add_argument("--requests", required=True, help="JSON list: {prompt, subject, target}, CounterFact or zsRE records")
+    p.add_argument("--out", required=True, help="the memory file to write (.safetensors)")
+    p.add_argument("--unrelated", default=None, help="JSON list of texts the memory must stay silent on")
+    p.add_argument("--hparams", default=None, help="JSON or YAML with every hyperparameter (default: for the model)")
+    p.add_argument("--limit", type=int, default=None, help="use the first N requests")
+    p.add_argument("--device", default=None, help="cpu or cuda:N (default: GPU 0 if any, else CPU)")
+    p.set_defaults(run=wise_cmd)
 
     p = jobs.add_parser("eval", help="CounterFact or zsRE metrics of a model, and of it with an edit applied")
     p.add_argument("--model", required=True, help="an HF folder, a .gguf file or 'smollm2'")

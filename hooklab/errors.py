@@ -112,3 +112,7 @@ class SubjectNotFoundError(HooklabError, ValueError):
 
 class TraceArgumentError(HooklabError, ValueError):
     """A causal-tracing setting or record that cannot work (kind, window, noise, target, ...)."""
+
+
+class WiseMemoryError(HooklabError):
+    """A WISE side memory that cannot be attached, trained or loaded as asked."""

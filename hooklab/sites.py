@@ -170,6 +170,18 @@ def mlp_out(model: HookedModel, layer: int) -> MlpOut:
     )
 
 
+def block(model: HookedModel, layer: int) -> nn.Module:
+    """Layer ``layer``'s transformer block as the forward calls it (hooks and device moves included).
+
+    For running the blocks above a site from a cached residual: each block is called with the
+    arguments it received in a full forward.
+    """
+    n_layers = model.cfg.n_layers
+    if not 0 <= layer < n_layers:
+        raise IndexError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
+    return model.bridge.blocks[layer]
+
+
 def layer_device(model: HookedModel, layer: int) -> torch.device:
     """The device that holds ``layer``'s weights (and runs its forward)."""
     return next(model.bridge.blocks[layer].parameters()).device

@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hooklab.edit.deltas import Edit
 from hooklab.edit.hparams import HPARAMS, MemitHparams, RomeHparams
@@ -16,8 +16,11 @@ from hooklab.edit.tokens import subject_prompt, target_ids
 from hooklab.errors import EditRequestError, HparamsError
 from hooklab.model import HookedModel
 
+if TYPE_CHECKING:
+    from hooklab.edit.wise import WiseHparams, WiseMemory
+
 log = logging.getLogger(__name__)
-Method = Literal["rome", "memit"]
+Method = Literal["rome", "memit", "wise"]
 Requests = EditRequest | Mapping[str, str] | Sequence[EditRequest | Mapping[str, str]]
 Hparams = RomeHparams | MemitHparams | Mapping[str, Any] | str | os.PathLike
 
@@ -42,8 +45,13 @@ def compute_edit(
         stats: the key statistics C: a text corpus (path or list of texts; collected once
             with ``hooklab.collect`` and cached) or what ``hooklab.collect(..., reduce="second_moment")`` returned.
     """
+    if method == "wise":
+        raise EditRequestError(
+            "WISE keeps a routed side memory instead of a weight update, so it has no compute-only form; "
+            "use hooklab.edit(model, requests, method='wise') or hooklab.WiseMemory(model).add(requests)."
+        )
     if method not in HPARAMS:
-        raise EditRequestError(f"unknown method {method!r}; use 'rome' or 'memit'.")
+        raise EditRequestError(f"unknown method {method!r}; use 'rome', 'memit' or 'wise'.")
     requests = _requests(requests)
     hp = _hparams(model, method, hparams)
     hp.check(model.cfg.n_layers)
@@ -70,12 +78,14 @@ def edit(
     model: HookedModel,
     requests: Requests,
     method: Method = "rome",
-    hparams: Hparams | None = None,
+    hparams: Hparams | WiseHparams | None = None,
     stats: Stats | None = None,
-) -> Edit:
+) -> Edit | WiseMemory:
     """Edit ``model`` in place with ROME or MEMIT; returns the applied, undoable :class:`Edit`.
 
     Computes the updates first (the model untouched), then applies them. See :func:`compute_edit`.
+    ``method="wise"`` trains the requests into a new, attached :class:`~hooklab.WiseMemory`
+    (one edit after another; ``stats`` is not used) and returns it: ``detach()`` undoes it.
 
     Example:
         >>> request = hooklab.EditRequest("{} is located in the city of", "Eiffel Tower", " Rome")
@@ -83,6 +93,16 @@ def edit(
         >>> model.generate("The Eiffel Tower is located in the city of")   # ' Rome, ...'
         >>> e.save("eiffel.safetensors"); e.undo()
     """
+    if method == "wise":
+        from hooklab.edit.wise import WiseMemory
+
+        requests = _requests(requests)
+        memory = WiseMemory(model, hparams)
+        try:
+            return memory.add(requests)
+        except BaseException:
+            memory.detach()  # a failed edit leaves the model as it was
+            raise
     return compute_edit(model, requests, method, hparams, stats).apply(model)
 
 
