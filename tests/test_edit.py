@@ -10,7 +10,7 @@ from editing import FACTS, key_moments, llama, pico_llama4, same_weights, snapsh
 from safetensors import safe_open
 
 import hooklab
-from hooklab import sites
+from hooklab import sites, tensorfiles
 from hooklab.edit import deltas
 from hooklab.edit.tokens import subject_prompt
 from hooklab.errors import EditMismatchError, EditRequestError, RecordFormatError
@@ -175,7 +175,7 @@ def test_save_is_atomic(llama, stats, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(deltas, "save_file", broken)
+    monkeypatch.setattr(tensorfiles, "save_file", broken)
     with pytest.raises(OSError, match="disk full"):
         e.save(path)
     assert path.read_bytes() == original and [p.name for p in tmp_path.iterdir()] == ["e.safetensors"]

@@ -11,15 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from hooklab.cache.moments import Mean, SecondMoment
+from hooklab.tensorfiles import save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +59,9 @@ class StatsCache:
     def put(self, result: Mean | SecondMoment, settings: dict) -> Path:
         """Save ``result`` atomically (written aside, then renamed into place)."""
         path = self.path(result.hook)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"mean": result.mean.detach().cpu().contiguous()}
         if isinstance(result, SecondMoment):
             tensors["moment"] = result.moment.detach().cpu().contiguous()
         meta = {"count": str(result.count), "hook": result.hook, "fingerprint": self.fingerprint}
         meta["settings"] = json.dumps(settings, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return save_atomic(tensors, path, meta)

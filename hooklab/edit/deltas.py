@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,10 +22,9 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
-from hooklab import sites
+from hooklab import sites, tensorfiles
 from hooklab.edit.request import EditRequest
 from hooklab.errors import EditMismatchError, EditSolveError
 from hooklab.fingerprint import tensor_digest
@@ -190,16 +188,7 @@ class Edit:
             "requests": json.dumps([r.to_dict() for r in self.requests]),
             "notes": json.dumps(self.notes),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return tensorfiles.save_atomic(tensors, path, metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, devices: Mapping[int, torch.device] | None = None) -> Edit:
@@ -253,17 +242,7 @@ class Edit:
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """An edit file's metadata, checked to be one (nothing else is read)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no edit file at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for damaged headers
-        raise EditMismatchError(f"{path} is not a readable safetensors file ({e}).") from e
-    if meta.get("format") != FORMAT:
-        raise EditMismatchError(f"{path} is not a hooklab edit file (its metadata has no format={FORMAT!r}).")
-    return meta
+    return tensorfiles.read_metadata(path, fmt=FORMAT, what="edit file", error=EditMismatchError)
 
 
 def apply_edit(model: HookedModel, path: str | os.PathLike) -> Edit:

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from hooklab.edit.request import EditRequest
 from hooklab.edit.wise.hparams import WiseHparams
 from hooklab.edit.wise.shards import Shard, Shards
 from hooklab.errors import EditMismatchError, WiseMemoryError
 from hooklab.model import HookedModel
+from hooklab.tensorfiles import read_metadata, save_atomic
 
 if TYPE_CHECKING:
     from hooklab.edit.wise.memory import WiseMemory
@@ -58,14 +58,7 @@ def save_memory(memory: WiseMemory, path: str | os.PathLike) -> Path:
                                    "started": shards.n_started, "merged": shards.n_merged}),  # fmt: skip
         "seconds": json.dumps(memory.seconds),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_atomic(tensors, path, metadata)
 
 
 def load_memory(cls: type[WiseMemory], model: HookedModel, path: str | os.PathLike) -> WiseMemory:
@@ -108,15 +101,7 @@ def load_memory(cls: type[WiseMemory], model: HookedModel, path: str | os.PathLi
 
 
 def _metadata(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"no WISE memory file at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for damaged headers
-        raise WiseMemoryError(f"{path} is not a readable safetensors file ({e}).") from e
-    if meta.get("format") != FORMAT:
-        raise WiseMemoryError(f"{path} is not a hooklab WISE memory file (its metadata has no format={FORMAT!r}).")
+    meta = read_metadata(path, fmt=FORMAT, what="WISE memory file", error=WiseMemoryError)
     if meta.get("version") != VERSION:
         raise WiseMemoryError(f"{path} is a WISE memory file of version {meta.get('version')}; this hooklab reads {VERSION}.")
     missing = {"base_fingerprint", "hparams", "templates", "unrelated", "requests", "edit_scores", "shard_edits"} - set(meta)
