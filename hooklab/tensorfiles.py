@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from hooklab.errors import HooklabError
+from hooklab.errors import EditMismatchError, HooklabError
 
 
 def save_atomic(tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
@@ -46,3 +46,14 @@ def read_metadata(path: str | os.PathLike, *, fmt: str, what: str, error: type[H
     if meta.get("format") != fmt:
         raise error(f"{path} is not a hooklab {what} (its metadata has no format={fmt!r}).")
     return meta
+
+
+def refuse_other_base(meta: dict[str, str], path: str | os.PathLike, fingerprint: str) -> None:
+    """Raise unless the file's ``base_fingerprint`` is ``fingerprint``: its tensors only mean
+    something on the weights they were computed from."""
+    if meta["base_fingerprint"] != fingerprint:
+        raise EditMismatchError(
+            f"{path} was made for a model with fingerprint {meta['base_fingerprint']} ({meta.get('model') or 'unnamed'}), "
+            f"but this model's is {fingerprint}; load the base model it was made on (with the same earlier edits "
+            "applied)."
+        )

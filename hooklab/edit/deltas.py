@@ -254,12 +254,7 @@ def apply_edit(model: HookedModel, path: str | os.PathLike) -> Edit:
         >>> edit = hooklab.apply_edit(model, "eiffel.safetensors"); ...; edit.undo()
     """
     meta = read_metadata(path)
-    if meta["base_fingerprint"] != model.fingerprint:
-        raise EditMismatchError(
-            f"{path} was made for a model with fingerprint {meta['base_fingerprint']} ({meta.get('model') or 'unnamed'}), "
-            f"but this model's is {model.fingerprint}; load the base model it was computed on (with the same "
-            "earlier edits applied)."
-        )
+    tensorfiles.refuse_other_base(meta, path, model.fingerprint)
     layers: Sequence[int] = json.loads(meta["layers"])
     devices = {layer: sites.mlp_out(model, layer).device for layer in layers}
     return Edit.load(path, devices).apply(model)

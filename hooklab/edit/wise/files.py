@@ -20,7 +20,7 @@ from hooklab.edit.wise.hparams import WiseHparams
 from hooklab.edit.wise.shards import Shard, Shards
 from hooklab.errors import EditMismatchError, WiseMemoryError
 from hooklab.model import HookedModel
-from hooklab.tensorfiles import read_metadata, save_atomic
+from hooklab.tensorfiles import read_metadata, refuse_other_base, save_atomic
 
 if TYPE_CHECKING:
     from hooklab.edit.wise.memory import WiseMemory
@@ -65,12 +65,7 @@ def load_memory(cls: type[WiseMemory], model: HookedModel, path: str | os.PathLi
     """A memory read from ``path`` for ``model``, attached; refuses a model with another fingerprint."""
     path = Path(path)
     meta = _metadata(path)
-    if meta["base_fingerprint"] != model.fingerprint:
-        raise EditMismatchError(
-            f"{path} holds a WISE memory made for a model with fingerprint {meta['base_fingerprint']} "
-            f"({meta.get('model') or 'unnamed'}), but this model's is {model.fingerprint}; load the base model "
-            "it was made on (with the same weight edits applied)."
-        )
+    refuse_other_base(meta, path, model.fingerprint)
     hparams = WiseHparams.from_dict(json.loads(meta["hparams"]))
     memory = cls.__new__(cls)
     memory._setup(model, hparams, json.loads(meta["unrelated"]), json.loads(meta["templates"]))
