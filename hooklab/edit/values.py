@@ -10,7 +10,9 @@ and optimised with Adam to minimise, per request (Meng et al. 2022, eq. 4; 2023,
 
 where h is the activation before the edit. A request stops once its loss is under 0.05, as in
 the reference code. Many requests are optimised together in one batch; each has its own δ and
-its own loss terms, so the result is the same as optimising them one by one.
+its own loss terms, so the result is the same as optimising them one by one. The rows run once
+up to the block that holds the activation, and each step runs only the blocks from there on
+(:mod:`hooklab.edit.upper`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hooklab.edit.forward import Hooks, SplitRows, log_probs
+from hooklab import sites
+from hooklab.edit.forward import Hooks, log_probs
 from hooklab.edit.request import EditRequest
 from hooklab.edit.tokens import pad_id, subject_prompt, target_ids
+from hooklab.edit.upper import UpperRows
 from hooklab.errors import EditSolveError
 from hooklab.model import HookedModel
 from hooklab.sites import layer_device
@@ -101,7 +105,7 @@ def _suffix_length(model: HookedModel, request: EditRequest) -> int:
 class _Batch:
     """Token rows for a batch of requests and where their losses are read (suffix coordinates)."""
 
-    rows: SplitRows
+    rows: UpperRows
     row_request: Tensor  # (B,) request of each row
     first_rows: Tensor  # (N,) each request's "{}" row
     target_at: tuple[Tensor, Tensor]  # (M,), (M,): row and suffix position of each target token
@@ -111,7 +115,9 @@ class _Batch:
     kl_at: tuple[Tensor, Tensor]  # (N,), (N,)
 
 
-def _batch(model: HookedModel, requests: Sequence[EditRequest], templates: Sequence[str], hooks: Hooks) -> _Batch:
+def _batch(
+    model: HookedModel, requests: Sequence[EditRequest], templates: Sequence[str], hook: str, hooks: Hooks
+) -> _Batch:
     tok = model.tokenizer
     rows, split, row_request, first_rows = [], [], [], []
     t_row, t_pos, t_tok, t_req, t_w, kl_row, kl_pos = [], [], [], [], [], [], []
@@ -136,9 +142,9 @@ def _batch(model: HookedModel, requests: Sequence[EditRequest], templates: Seque
         rows.append(list(kl.ids))
         split.append(kl.subject_last)
         row_request.append(r)
-    long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+    long = lambda xs: torch.tensor(xs, dtype=torch.long)
     return _Batch(
-        rows=SplitRows(model, rows, split, pad_id(tok), hooks),
+        rows=UpperRows(model, rows, split, sites.hook_layer(hook), pad_id(tok), hooks),
         row_request=long(row_request),
         first_rows=long(first_rows),
         target_at=(long(t_row), long(t_pos)),
@@ -158,7 +164,7 @@ def _optimise(
     hp: ValueHparams,
     hooks: Hooks,
 ) -> Values:
-    batch = _batch(model, requests, templates, hooks)
+    batch = _batch(model, requests, templates, hook, hooks)
     n = len(requests)
     row_request = batch.row_request.to(device)
     delta = torch.zeros(n, model.cfg.d_model, device=device, requires_grad=True)
@@ -174,9 +180,10 @@ def _optimise(
     done = torch.zeros(n, dtype=torch.bool, device=device)
     kept = torch.zeros_like(delta)  # δ of requests that reached the stop loss, frozen from then on
     kl_init = None
+    steps = torch.full((n,), hp.v_steps, device=device)  # the step each request stopped at
     with _frozen(model):
         for step in range(hp.v_steps):
-            resid = batch.rows.run([*hooks, (hook, add_delta)])  # (B, S, d_model)
+            resid = batch.rows.run(hooks=[*hooks, (hook, add_delta)])  # (B, S, d_model)
             target_lp = log_probs(model, _at(resid, batch.target_at))  # (M, V)
             kl_lp = log_probs(model, _at(resid, batch.kl_at))  # (N, V)
             loss_device = target_lp.device
@@ -198,6 +205,7 @@ def _optimise(
             log.debug("step %d: loss %s (NLL %s, KL %s, decay %s)", step, _fmt(loss), _fmt(nll), _fmt(kl), _fmt(decay))
             newly = (loss.detach().to(device) < STOP_LOSS) & ~done
             kept[newly] = delta.detach()[newly]
+            steps[newly] = step
             done |= newly
             if done.all() or step == hp.v_steps - 1:
                 break
@@ -209,6 +217,7 @@ def _optimise(
                 limit = hp.clamp_norm_factor * h_norm  # (N,)
                 norm = delta.norm(dim=-1)
                 delta.mul_(torch.where(norm > limit, limit / norm, torch.ones_like(norm))[:, None])
+    log.info("values of %d request(s): stopped at steps %s", n, steps.tolist())
     return Values(init=init[0], delta=delta.detach(), prob=(-nll.detach()).exp().to(device))
 
 

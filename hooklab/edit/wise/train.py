@@ -12,7 +12,7 @@ s_u over unrelated tokens (unrelated texts and the prompt tokens before the edit
 last term over all (unrelated, edited) pairs, and mean⁺ the mean of the positive entries (0 if
 none), as in the reference code, plus the replay term that keeps the shard's earlier edits. Adam on
 Δ with the gradient masked to the shard's entries; each entry of Δ is clamped to ±norm_constraint. Only the blocks above the side memory run per step
-(:mod:`hooklab.edit.wise.upper`); the model's weights get no gradients.
+(:mod:`hooklab.edit.upper`); the model's weights get no gradients.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hooklab import sites
 from hooklab.edit.forward import log_probs
 from hooklab.edit.request import EditRequest
 from hooklab.edit.tokens import pad_id, target_ids
+from hooklab.edit.upper import UpperRows
 from hooklab.edit.values import _frozen
 from hooklab.edit.wise.hparams import WiseHparams
-from hooklab.edit.wise.upper import UpperRows
 from hooklab.errors import EditSolveError
 from hooklab.model import HookedModel
 
@@ -76,13 +77,14 @@ def train_edit(
             split.append(len(prompt) - 1)  # the prompt's last token predicts the target's first
             targets.append(target)
             plain.append(t == 0)
-    upper = UpperRows(model, rows, split, hp.layer, pad_id(tok))
+    key_hook = sites.mlp_out(model, hp.layer).hook_in
+    upper = UpperRows(model, rows, split, hp.layer + 1, pad_id(tok), capture=[key_hook])
     device = delta.device
-    keys = upper.keys.to(device).float()  # (B, S, d_mlp)
+    keys = upper.captured[key_hook].to(device).float()  # (B, S, d_mlp)
     suffix = upper.suffix_mask.to(device).bool()  # (B, S)
     edited = keys[suffix]  # (n_e, d_mlp)
     plain_edited = keys[torch.tensor(plain, device=device)][suffix[torch.tensor(plain, device=device)]]
-    prefix = upper.prefix_keys.to(device).float() if upper.prefix_keys is not None else keys.new_zeros(0, keys.shape[-1])
+    prefix = upper.prefix_captured[key_hook].to(device).float() if key_hook in upper.prefix_captured else keys.new_zeros(0, keys.shape[-1])
     # Negatives: the unrelated texts, and the tokens before the edited ones (template text and
     # the question's own words), so routing fires where the answer is produced and not before.
     unrelated = torch.cat([unrelated_keys.to(device).float(), prefix])  # (n_u, d_mlp)
