@@ -196,6 +196,7 @@ def main() -> None:
         else:
             model = hooklab.load(ckpt, n_devices=args.gpus, dtype=torch.bfloat16)
     load_seconds = time.perf_counter() - start
+    weights = [torch.cuda.memory_allocated(i) / GiB for i in range(torch.cuda.device_count())]
     rome_hp, memit_hp = hooklab.RomeHparams.for_model(model), hooklab.MemitHparams.for_model(model)
     if args.memit_layers:
         memit_hp = dataclasses.replace(memit_hp, layers=tuple(args.memit_layers))
@@ -215,7 +216,8 @@ def main() -> None:
         stats = hooklab.collect(model, data, names=names, reduce="second_moment", max_tokens=args.stats_tokens)
     sync()
     stats_seconds = time.perf_counter() - start
-    weights = gpu_memory()
+    # hooklab.collect leaves each layer's C (float64) on the GPU that computed it, for as long as it is held.
+    held = [torch.cuda.memory_allocated(i) / GiB - w for i, w in enumerate(weights)]
     rows = []
 
     def report(name: str, seconds: float, extra: list[float], note: str = "") -> None:
@@ -240,10 +242,10 @@ def main() -> None:
         seconds, extra = time_edit(model, requests[:n], "memit", stats, memit_hp)
         report(f"MEMIT, batch of {n} (layers {memit_hp.layers[0]}-{memit_hp.layers[-1]})", seconds, extra,
                f"{seconds / n:.2f} s per request")  # fmt: skip
-        write(args, model, model_name, load_seconds, stats_seconds, weights, rows)
+        write(args, model, model_name, load_seconds, stats_seconds, weights, held, rows)
 
 
-def write(args, model, model_name, load_seconds, stats_seconds, weights, rows) -> None:
+def write(args, model, model_name, load_seconds, stats_seconds, weights, held, rows) -> None:
     gpu = args.device != "cpu"
     kind = os.environ.get("HOOKLAB_MACHINE", f"{args.gpus}gpu" if gpu else "cpu")
     lines = [
@@ -259,8 +261,9 @@ def write(args, model, model_name, load_seconds, stats_seconds, weights, rows) -
         lines += [
             f"Placement:\n\n```\n{model.placement}\n```",
             "",
-            f"Weights per GPU: {' / '.join(f'{w:.2f}' for w in weights)} GiB. Extra peak memory per GPU during the edit "
-            "(above what was allocated before it):",
+            f"Weights per GPU: {' / '.join(f'{w:.2f}' for w in weights)} GiB; the key statistics, held by the caller "
+            f"on the GPU of their layer as `hooklab.collect` returns them (float64): {' / '.join(f'{h:.2f}' for h in held)} "
+            "GiB. Extra peak memory per GPU during the edit (above what was allocated before it):",
             "",
             "| run | seconds | extra peak GiB per GPU | note |",
             "|---|---|---|---|",

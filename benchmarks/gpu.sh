@@ -7,7 +7,7 @@
 # Parts: tests (the GPU tests), load (multi-GPU loading), merge (two 8B-shaped models on one GPU),
 # trace (batched against the per-(token, layer) loop, 1 and 2 GPUs; trace-bf16 the 8B model in bf16),
 # disk (write speed, the bound of a collection to disk), cache (1M tokens to disk),
-# edit (ROME/MEMIT speed on an 8B-shaped model over 2 GPUs). Each part has its own time limit so
+# edit (ROME/MEMIT speed on an 8B-shaped model over 2 GPUs; EDIT_MEMIT: batch sizes). Each part has its own time limit so
 # one that hangs does not take the others with it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,8 +43,8 @@ for job in "$@"; do
         cache) part cache 240 python benchmarks/cache.py --device cuda --model synthetic:smollm2-135m \
                    --batch-size 64 --max-length 512 --parts ${CACHE_PARTS:-throughput memory} --rounds 2 ;;
         edit) build8b
-              part edit 300 python benchmarks/edit.py --device cuda --gpus 2 --shape llama3-8b --ckpt "$WORK" \
-                  --rome-n 3 --memit 50 --stats-tokens 20000 ;;
+              part edit 540 python benchmarks/edit.py --device cuda --gpus 2 --shape llama3-8b --ckpt "$WORK" \
+                  --rome-n 3 --memit ${EDIT_MEMIT:-50} --stats-tokens 20000 ;;
         *) echo "unknown part $job" ;;
     esac
 done

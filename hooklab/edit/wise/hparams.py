@@ -29,7 +29,9 @@ class WiseHparams(_Hparams):
         mask_ratio: ρ, the share of the side weights one knowledge shard may change (a random
             gradient mask per shard).
         edit_lr, n_iter: Adam's learning rate and the most steps per edit (training stops early
-            once the targets' cross-entropy is under ``stop_ce`` and every routing margin holds).
+            once the targets' cross-entropy is under ``stop_ce`` and the router would tell the
+            edit's tokens from the unrelated ones: act_ratio × their lowest score above the
+            unrelated tokens' highest).
         stop_ce: that cross-entropy (mean over the target's tokens, in nats).
         alpha, beta, gamma: the routing margins: scores of unrelated tokens are pushed below
             alpha, those of edited tokens above beta, and their means at least gamma apart.

@@ -104,7 +104,8 @@ def train_edit(
             lp = log_probs(model, resid[at_row.to(resid.device), at_pos.to(resid.device)])  # (M, V)
             picked = lp.gather(1, tokens.to(lp.device)[:, None])[:, 0]
             ce = -(picked * weight.to(lp.device)).sum().to(device)
-            act = activation_loss((edited @ d.T).norm(dim=-1), (unrelated @ d.T).norm(dim=-1), hp)
+            s_e, s_u = (edited @ d.T).norm(dim=-1), (unrelated @ d.T).norm(dim=-1)
+            act = activation_loss(s_e, s_u, hp)
             loss = ce + act
             if replay is not None and len(replay[0]):
                 # Earlier edits of this shard keep their side outputs (relative squared error).
@@ -116,8 +117,9 @@ def train_edit(
                     "Lower edit_lr, or check the model's outputs for NaN."
                 )
             log.debug("step %d: loss %.4f = CE %.4f + act %.4f", step, value, float(ce.detach()), float(act.detach()))
-            if float(ce.detach()) <= hp.stop_ce and float(act.detach()) == 0.0:
-                break  # the targets are near-certain and every routing margin holds
+            separated = len(s_u) == 0 or float(s_e.detach().min()) * hp.act_ratio > float(s_u.detach().max())
+            if float(ce.detach()) <= hp.stop_ce and separated:
+                break  # the targets are near-certain and routing tells the edit from the unrelated tokens
             opt.zero_grad()
             loss.backward()
             d.grad.mul_(grad_mask)  # the shard's entries only (Adam leaves entries without gradient alone)
