@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from editing import FACTS, key_moments, llama, same_weights, snapshot, stats  # noqa: F401 (fixtures)
+from editing import FACTS, key_moments, llama, pico_llama4, same_weights, snapshot, stats  # noqa: F401 (fixtures)
 
 import hooklab
 from hooklab import sites
@@ -15,6 +15,7 @@ from hooklab.edit.forward import SplitRows, final_residual
 from hooklab.edit.memit.main import solve_update
 from hooklab.edit.rome.compute_u import compute_u, subject_keys
 from hooklab.edit.tokens import pad_id, subject_prompt
+from hooklab.edit.upper import UpperRows
 from hooklab.edit.values import optimise_values
 from hooklab.errors import EditRequestError, EditSolveError, HparamsError
 
@@ -36,6 +37,31 @@ def test_split_rows_equal_the_full_forward(pico):
         with torch.no_grad():
             full = final_residual(model, torch.tensor([row]))[0]
         assert torch.allclose(got[i, : len(row) - s], full[s:], atol=1e-4), i
+
+
+@pytest.mark.parametrize("first", [0, 1, 2])
+def test_upper_rows_replay_the_blocks_above(pico, first):
+    """Blocks ``first``.. replayed on the recorded input = the whole rows; a change there = adding it in a full forward."""
+    model = hooklab.load(pico, device="cpu")
+    tok = model.tokenizer
+    rows = [tok(t)["input_ids"] for t in ["The Eiffel Tower is in Paris", "Mount Fuji is the highest mountain"]]
+    split = [3, 5]
+    upper = UpperRows(model, rows, split, first, pad_id(tok))
+    change = torch.zeros_like(upper.resid)
+    change[:, 0] = torch.randn(model.cfg.d_model)
+    got = upper.run(change)
+    for i, (row, s) in enumerate(zip(rows, split)):
+
+        def add(resid, hook, s=s):
+            resid = resid.clone()
+            resid[0, s] += change[i, 0]
+            return resid
+
+        name = sites.resid_pre(first) if first < model.cfg.n_layers else sites.resid_post(first - 1)
+        with torch.no_grad():
+            full = final_residual(model, torch.tensor([row]), hooks=[(name, add)])[0]
+        assert torch.allclose(got[i, : len(row) - s], full[s:], atol=1e-4), i
+        assert torch.allclose(upper.run()[i, : len(row) - s], final_residual(model, torch.tensor([row]))[0, s:], atol=1e-4)
 
 
 def test_compute_u_is_whitened_mean_key(llama, stats):
@@ -78,12 +104,15 @@ def test_rome_writes_the_optimised_value(pico):
 
 
 @pytest.mark.parametrize("where", ["mlp", "resid"])
-def test_optimised_value_raises_the_target_in_a_plain_forward(llama, where):
-    """δ's reported probability is what a full forward with δ added at the subject's last token gives."""
+@pytest.mark.parametrize("layer", [0, 2])
+def test_optimised_value_raises_the_target_in_a_plain_forward(pico_llama4, where, layer):
+    """δ's reported probability is what a full forward with δ added at the subject's last token gives
+    (the optimisation itself runs only the blocks from ``layer`` on)."""
+    llama = hooklab.load(pico_llama4, device="cpu")
     fact = FACTS[2]
-    hook = sites.mlp_out(llama, 0).hook_out if where == "mlp" else sites.resid_post(0)
+    hook = sites.mlp_out(llama, layer).hook_out if where == "mlp" else sites.resid_post(layer)
     hp = rome_hp(llama, v_steps=12)
-    values = optimise_values(llama, [fact], ["{}"], 0, hook, hp)
+    values = optimise_values(llama, [fact], ["{}"], layer, hook, hp)
     p = subject_prompt(llama.tokenizer, fact.prompt, fact.subject)
     target = llama.tokenizer(fact.target, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([list(p.ids) + target[:-1]])
@@ -99,7 +128,7 @@ def test_optimised_value_raises_the_target_in_a_plain_forward(llama, where):
         return torch.stack([lp[len(p.ids) - 1 + j, t] for j, t in enumerate(target)]).mean().exp()
 
     assert torch.allclose(target_prob([(hook, add)]), values.prob[0], rtol=1e-4)
-    assert values.prob[0] > 2 * target_prob([])
+    assert values.prob[0] > (2 if layer == 0 else 1) * target_prob([])  # two random blocks above layer 2 move it less
     assert torch.equal(values.init[0], llama.run_with_cache(ids, names_filter=[hook])[1][hook][0, p.subject_last])
 
 
