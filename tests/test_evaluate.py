@@ -111,3 +111,17 @@ def test_bad_records(llama):
         hooklab.evaluate(llama, [FACTS[0].to_dict()], "mmlu")
     with pytest.raises(RecordFormatError, match="no records"):
         hooklab.evaluate(llama, [])
+
+
+def test_generation_without_a_pad_token(llama):
+    """Tokenizers without a pad token (SmolLM2's under some transformers versions) still generate, padding
+    with end of sequence; the padding is masked, so the texts are those generated with a pad token."""
+    prompts = ["The Eiffel Tower is", "Mount Fuji"]
+    with_pad = generate_texts(llama, prompts, max_new_tokens=6, seed=3)
+    tok, pad = llama.tokenizer, llama.tokenizer.pad_token
+    tok.pad_token = None
+    try:
+        assert tok.pad_token_id is None
+        assert generate_texts(llama, prompts, max_new_tokens=6, seed=3) == with_pad
+    finally:
+        tok.pad_token = pad

@@ -157,6 +157,19 @@ def test_memit_closes_the_residual_gap(llama, stats):
     assert (z[0] - after).norm() < 1e-3 * (z[0] - before).norm()
 
 
+def test_memit_lambda_grows_with_large_batches(llama, stats):
+    """Beyond mom2_batch_scale requests λ scales with the batch: the same updates as that λ given fixed."""
+    base = {**hooklab.MemitHparams.for_model(llama).to_dict(), "context_lengths": [], "v_steps": 4}
+    scaled = hooklab.MemitHparams.from_dict({**base, "mom2_update_weight": 2.0, "mom2_batch_scale": 2})
+    fixed = hooklab.MemitHparams.from_dict({**base, "mom2_update_weight": 3.0, "mom2_batch_scale": 0})
+    assert scaled.update_weight(2) == 2.0 and scaled.update_weight(3) == 3.0 and fixed.update_weight(300) == 3.0
+    facts = FACTS[:3]
+    a = hooklab.compute_edit(llama, facts, "memit", hparams=scaled, stats=stats)
+    b = hooklab.compute_edit(llama, facts, "memit", hparams=fixed, stats=stats)
+    for layer in scaled.layers:
+        assert torch.allclose(a.updates[layer].matrix(), b.updates[layer].matrix(), atol=1e-6)
+
+
 def test_memit_solve_matches_the_formula():
     gen = torch.Generator().manual_seed(0)
     d_mlp, d_model, n = 12, 5, 4

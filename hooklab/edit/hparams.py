@@ -10,7 +10,8 @@ published values for GPT-J-6B (ROME and MEMIT papers). Edit layers: ROME at laye
 MEMIT over layers 4–8 (EasyEdit's choices for this model), kept because they held on dev —
 ROME at layer 5 reached ES 1.00 on the first 53 dev facts with NS at most a few records below
 the unedited model's, and MEMIT over 4–8 with λ = 500 (GPT-J's λ = 15000 leaves most edits
-unwritten here). Other models edit at the same relative depth (``EDIT_DEPTH``), which also
+unwritten here). λ grows with batches beyond 125 requests: on dev, batches of 50 and 100 were
+best at λ 500–1000 and a batch of 500 at λ 2000 (``benchmarks/results/memit-lambda-h100.md``). Other models edit at the same relative depth (``EDIT_DEPTH``), which also
 matches the published choices (GPT-J layer 5 of 28, Llama-2-7B layer 5 of 32).
 """
 
@@ -132,12 +133,16 @@ class MemitHparams(_Hparams):
         layers: the edited layers, in order; z is optimised after the last.
         mom2_update_weight: λ in ΔW = R Kᵀ (λC + K Kᵀ)⁻¹: how strongly the keys' statistics
             hold the layer to its old behaviour.
+        mom2_batch_scale: batches of more requests than this scale λ in proportion (K Kᵀ sums
+            over the batch while C is a mean, so a fixed λ holds a large batch's layers less);
+            0 keeps λ fixed, as the MEMIT paper does.
         (the others as in RomeHparams)
     """
 
     method: ClassVar[str] = "memit"
     layers: tuple[int, ...]
     mom2_update_weight: float = 500.0
+    mom2_batch_scale: int = 125
     v_steps: int = 25
     v_lr: float = 0.5
     v_weight_decay: float = 0.5
@@ -151,12 +156,18 @@ class MemitHparams(_Hparams):
     def edit_layers(self) -> tuple[int, ...]:
         return self.layers
 
+    def update_weight(self, n_requests: int) -> float:
+        """λ for a batch of ``n_requests``."""
+        if self.mom2_batch_scale and n_requests > self.mom2_batch_scale:
+            return self.mom2_update_weight * n_requests / self.mom2_batch_scale
+        return self.mom2_update_weight
+
     def check(self, n_layers: int) -> None:
         super().check(n_layers)
         if not self.layers or list(self.layers) != sorted(set(self.layers)):
             raise HparamsError(f"MemitHparams.layers must be distinct and increasing, got {list(self.layers)}.")
-        if self.mom2_update_weight < 0:
-            raise HparamsError("MemitHparams.mom2_update_weight must not be negative.")
+        if self.mom2_update_weight < 0 or self.mom2_batch_scale < 0:
+            raise HparamsError("MemitHparams.mom2_update_weight and mom2_batch_scale must not be negative.")
 
     @classmethod
     def for_model(cls, model: HookedModel) -> MemitHparams:
@@ -166,7 +177,7 @@ class MemitHparams(_Hparams):
         layers = tuple(range(max(0, top - 4), top + 1))
         if _n_params(model) < SMALL:
             return cls(layers=layers)
-        return cls(layers=layers, mom2_update_weight=15000.0, clamp_norm_factor=0.75)
+        return cls(layers=layers, mom2_update_weight=15000.0, mom2_batch_scale=0, clamp_norm_factor=0.75)
 
 
 HPARAMS = {"rome": RomeHparams, "memit": MemitHparams}

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from hooklab.edit.tokens import pad_id, pad_left
 from hooklab.model import HookedModel
 
 _WORDS = re.compile(r"\w+|[^\w\s]")
@@ -39,16 +40,16 @@ def generate_texts(
 ) -> list[str]:
     """Prompt + sampled continuation (top-5), seeded; batched with left padding."""
     tok = model.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)  # padded here: some tokenizers (SmolLM2's in some transformers versions) have no pad token
     texts = []
     devices = [d for d in model.placement.distinct_devices if d.startswith("cuda")]
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for b in range(0, len(prompts), batch_size):
-            enc = tok(list(prompts[b : b + batch_size]), return_tensors="pt", padding=True, padding_side="left")
+            ids, mask = pad_left([tok(p)["input_ids"] for p in prompts[b : b + batch_size]], pad, model.cfg.device)
             out = model.hf_model.generate(
-                input_ids=enc["input_ids"].to(model.cfg.device),
-                attention_mask=enc["attention_mask"].to(model.cfg.device),
+                input_ids=ids,
+                attention_mask=mask,
                 max_new_tokens=max_new_tokens,
                 do_sample=True,
                 top_k=5,

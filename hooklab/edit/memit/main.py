@@ -6,7 +6,8 @@ For each layer l of the window, in order, with the updates of the layers before 
     R = (z − h_L) / (layers left, l included)        (d_model, N), h_L the current residual at the last layer
     ΔW_l = R Kᵀ (λ C_l + K Kᵀ)⁻¹                      solved in float64 on l's device
 
-so each layer takes an equal share of what remains (Meng et al. 2023, eq. 14 and Alg. 1). The
+so each layer takes an equal share of what remains (Meng et al. 2023, eq. 14 and Alg. 1). λ is
+``hp.update_weight(N)``: fixed up to ``mom2_batch_scale`` requests, in proportion to N beyond. The
 earlier layers' updates act through hooks, so the weights are never written while computing.
 """
 
@@ -56,7 +57,7 @@ def memit(
         resid = (zs - now[z_name].float()).to(device)  # (N, d_model)
         log.info("MEMIT layer %d: mean ‖z − h‖ %.3g over %d request(s)", layer, float(resid.norm(dim=1).mean()), len(requests))
         moment = second_moments[layer].to(device)  # on the device for this solve only
-        left, right = solve_update(keys, resid / (len(hp.layers) - i), moment, hp.mom2_update_weight)
+        left, right = solve_update(keys, resid / (len(hp.layers) - i), moment, hp.update_weight(len(requests)))
         del moment
         updates[layer] = Update.from_factors(layer, left, right)
     return updates, {"templates": templates, "target_prob": values.prob.tolist()}
