@@ -162,7 +162,8 @@ def main() -> None:
         else:
             scores, seconds, hp = run_memit(model, records[:k], stats, not args.no_fluency, log)
             timing.append(f"MEMIT: {seconds:.0f} s for the batch of {k} (statistics excluded)")
-            name = f"MEMIT, one batch of {k} (layers {hp['layers'][0]}–{hp['layers'][-1]}, λ {hp['mom2_update_weight']:g})"
+            lam = hooklab.MemitHparams.from_dict(hp).update_weight(k)
+            name = f"MEMIT, one batch of {k} (layers {hp['layers'][0]}–{hp['layers'][-1]}, λ {lam:g})"
             rows.append((name, means(scores, records[:k])))
         rows.append((name + ", without easy facts", means(scores, records[:k], lambda r: not easy(r))))
         results[f"{method}-{k}"] = {"hparams": hp, "seconds": seconds, "scores": [dataclasses.asdict(s) for s in scores]}

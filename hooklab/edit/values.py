@@ -18,6 +18,7 @@ up to the block that holds the activation, and each step runs only the blocks fr
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ def optimise_values(
     device = layer_device(model, layer)
     rows_per_batch = rows_per_batch or ROWS_PER_BATCH.get(device.type, 256)
     per_batch = max(1, rows_per_batch // (len(templates) + 1))
+    per_batch = math.ceil(len(requests) / math.ceil(len(requests) / per_batch))  # chunks of even size
     # Requests whose tokens after the subject are as many share a batch: rows are padded to the
     # longest, and the padding would otherwise cost as much as the work.
     order = sorted(range(len(requests)), key=lambda i: _suffix_length(model, requests[i]))
