@@ -164,6 +164,7 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--shape", default="llama3-8b", help="synthetic checkpoint shape on GPUs (benchmarks/synthetic.py)")
     parser.add_argument("--synthetic", action="store_true", help="the synthetic checkpoint on the CPU too")
+    parser.add_argument("--embedded", action="store_true", help="the embedded SmolLM2 on the GPU too")
     parser.add_argument("--ckpt", type=Path, default=Path("/tmp/hooklab-bench"))
     parser.add_argument("--rome-n", type=int, default=5, help="ROME edits timed (each from the original model)")
     parser.add_argument("--memit", type=int, nargs="*", default=[50, 1000], help="MEMIT batch sizes")
@@ -183,9 +184,9 @@ def main() -> None:
 
     sys.path.insert(0, str(HERE))
     start = time.perf_counter()
-    synthetic_model = args.synthetic or args.device != "cpu"
+    synthetic_model = args.synthetic or (args.device != "cpu" and not args.embedded)
     if not synthetic_model:
-        model_name, model = "smollm2", hooklab.load("smollm2", device="cpu")
+        model_name, model = "smollm2", hooklab.load("smollm2", device=args.device)
     else:
         import synthetic
 
