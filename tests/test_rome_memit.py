@@ -52,7 +52,7 @@ def test_upper_rows_replay_the_blocks_above(pico, first):
     got = upper.run(change)
     for i, (row, s) in enumerate(zip(rows, split)):
 
-        def add(resid, hook, s=s):
+        def add(resid, hook, s=s, i=i):
             resid = resid.clone()
             resid[0, s] += change[i, 0]
             return resid
