@@ -11,8 +11,9 @@ MEMIT over layers 4–8 (EasyEdit's choices for this model), kept because they h
 ROME at layer 5 reached ES 1.00 on the first 53 dev facts with NS at most a few records below
 the unedited model's, and MEMIT over 4–8 with λ = 500 (GPT-J's λ = 15000 leaves most edits
 unwritten here). λ grows with batches beyond 125 requests: on dev, batches of 50 and 100 were
-best at λ 500–1000 and a batch of 500 at λ 2000 (``benchmarks/results/memit-lambda-h100.md``). Other models edit at the same relative depth (``EDIT_DEPTH``), which also
-matches the published choices (GPT-J layer 5 of 28, Llama-2-7B layer 5 of 32).
+best at λ 500–1000 and a batch of 500 at λ 2000 (``benchmarks/results/memit-lambda-h100.md``).
+Other models edit at the same relative depth (``EDIT_DEPTH``), which also matches the
+published choices (GPT-J layer 5 of 28, Llama-2-7B layer 5 of 32).
 """
 
 from __future__ import annotations

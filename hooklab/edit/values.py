@@ -36,7 +36,6 @@ from hooklab.edit.tokens import pad_id, subject_prompt, target_ids
 from hooklab.edit.upper import UpperRows
 from hooklab.errors import EditSolveError
 from hooklab.model import HookedModel
-from hooklab.sites import layer_device
 
 log = logging.getLogger(__name__)
 KL_TEMPLATE = "{} is a"
@@ -82,7 +81,7 @@ def optimise_values(
     """
     if templates[0] != "{}":
         raise ValueError("the first context template must be '{}' (the prompt alone)")
-    device = layer_device(model, layer)
+    device = sites.layer_device(model, layer)
     rows_per_batch = rows_per_batch or ROWS_PER_BATCH.get(device.type, 256)
     per_batch = max(1, rows_per_batch // (len(templates) + 1))
     per_batch = math.ceil(len(requests) / math.ceil(len(requests) / per_batch))  # chunks of even size
@@ -219,7 +218,8 @@ def _optimise(
                 limit = hp.clamp_norm_factor * h_norm  # (N,)
                 norm = delta.norm(dim=-1)
                 delta.mul_(torch.where(norm > limit, limit / norm, torch.ones_like(norm))[:, None])
-    log.info("values of %d request(s): stopped at steps %s", n, steps.tolist())
+    log.info("values of %d request(s): %d reached the stop loss, median stop step %d of %d",
+             n, int(done.sum()), int(steps.median()), hp.v_steps)  # fmt: skip
     return Values(init=init[0], delta=delta.detach(), prob=(-nll.detach()).exp().to(device))
 
 
