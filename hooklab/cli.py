@@ -188,6 +188,15 @@ def trace(args: argparse.Namespace) -> None:
               f"({time.perf_counter() - start:.1f} s) -> {out}.png, {out}.json")  # fmt: skip
 
 
+def _edit_inputs(p: argparse.ArgumentParser) -> None:
+    """The arguments ``edit`` and ``wise`` share: the model, the requests and how to read them."""
+    p.add_argument("--model", required=True, help="an HF folder, a .gguf file or 'smollm2'")
+    p.add_argument("--requests", required=True, help="JSON list: {prompt, subject, target}, CounterFact or zsRE records")
+    p.add_argument("--hparams", default=None, help="JSON or YAML with every hyperparameter (default: for the model)")
+    p.add_argument("--limit", type=int, default=None, help="use the first N requests")
+    p.add_argument("--device", default=None, help="cpu or cuda:N (default: GPU 0 if any, else CPU)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hooklab", description=__doc__)
     jobs = parser.add_subparsers(dest="job", required=True)
@@ -200,24 +209,16 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(run=demo)
 
     p = jobs.add_parser("edit", help="compute a ROME or MEMIT edit and save it as a .safetensors file")
-    p.add_argument("--model", required=True, help="an HF folder, a .gguf file or 'smollm2'")
-    p.add_argument("--requests", required=True, help="JSON list: {prompt, subject, target}, CounterFact or zsRE records")
+    _edit_inputs(p)
     p.add_argument("--method", choices=["rome", "memit"], default="rome")
     p.add_argument("--out", required=True, help="the edit file to write")
     p.add_argument("--stats", required=True, help="text corpus for the MLP key statistics (collected once, cached)")
-    p.add_argument("--hparams", default=None, help="JSON or YAML with every hyperparameter (default: for the model)")
-    p.add_argument("--limit", type=int, default=None, help="use the first N requests")
-    p.add_argument("--device", default=None, help="cpu or cuda:N (default: GPU 0 if any, else CPU)")
     p.set_defaults(run=edit_cmd)
 
     p = jobs.add_parser("wise", help="train edits one after another into a WISE side memory and save it")
-    p.add_argument("--model", required=True, help="an HF folder, a .gguf file or 'smollm2'")
-    p.add_argument("--requests", required=True, help="JSON list: {prompt, subject, target}, CounterFact or zsRE records")
+    _edit_inputs(p)
     p.add_argument("--out", required=True, help="the memory file to write (.safetensors)")
     p.add_argument("--unrelated", default=None, help="JSON list of texts the memory must stay silent on")
-    p.add_argument("--hparams", default=None, help="JSON or YAML with every hyperparameter (default: for the model)")
-    p.add_argument("--limit", type=int, default=None, help="use the first N requests")
-    p.add_argument("--device", default=None, help="cpu or cuda:N (default: GPU 0 if any, else CPU)")
     p.set_defaults(run=wise_cmd)
 
     p = jobs.add_parser("eval", help="CounterFact or zsRE metrics of a model, and of it with an edit applied")
