@@ -263,8 +263,8 @@ def write(args, model, model_name, load_seconds, stats_seconds, weights, held, r
             f"Placement:\n\n```\n{model.placement}\n```",
             "",
             f"Weights per GPU: {' / '.join(f'{w:.2f}' for w in weights)} GiB; the key statistics, held by the caller "
-            f"on the GPU of their layer as `hooklab.collect` returns them (float64): {' / '.join(f'{h:.2f}' for h in held)} "
-            "GiB. Extra peak memory per GPU during the edit (above what was allocated before it):",
+            "on the GPU of their layer as `hooklab.collect` returns them (float64): "
+            f"{' / '.join(f'{h:.2f}' for h in held)} GiB. Extra peak memory per GPU during the edit (above what was allocated before it):",
             "",
             "| run | seconds | extra peak GiB per GPU | note |",
             "|---|---|---|---|",
