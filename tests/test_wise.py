@@ -66,8 +66,8 @@ def memory(smollm2):
 
 
 def test_defaults_and_strict_hparams(llama, smollm2):  # noqa: F811
-    """The side memory at 87 % depth: layer 26 of SmolLM2's 30; hyperparameters load strictly."""
-    assert hooklab.WiseHparams.for_model(smollm2).layer == 26  # 87 % of 30 layers
+    """The side memory at half depth: layer 15 of SmolLM2's 30; hyperparameters load strictly."""
+    assert hooklab.WiseHparams.for_model(smollm2).layer == 15  # half of 30 layers
     assert hooklab.WiseHparams.for_model(llama).layer == 1
     data = hooklab.WiseHparams.for_model(llama).to_dict()
     with pytest.raises(HparamsError, match="unknown field"):
@@ -88,6 +88,15 @@ def test_edits_answer_and_routing_is_selective(memory, smollm2):  # noqa: F811
     for text in UNRELATED + HELD_OUT:
         assert not mem.routed(text).any(), text
         assert torch.equal(logits(smollm2, text), before[text])  # main weights answer: bit for bit
+
+
+@pytest.mark.slow
+def test_threshold_is_never_below_an_unrelated_score(memory):
+    """ε = max(act_ratio × the edits' lowest score, the unrelated texts' highest score under the sides now)."""
+    mem, _ = memory
+    highest = max(float(mem.scores(text).max()) for text in UNRELATED)
+    assert mem.unrelated_ceiling == pytest.approx(highest, rel=1e-5)
+    assert mem.threshold == pytest.approx(max(mem.hparams.act_ratio * min(mem.edit_scores), highest), rel=1e-5)
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from hooklab.edit.wise.memory import WiseMemory
 
 FORMAT = "hooklab-wise"
-VERSION = "1"
+VERSION = "2"  # 2: the threshold's floor from the unrelated texts
 
 
 def save_memory(memory: WiseMemory, path: str | os.PathLike) -> Path:
@@ -53,6 +53,7 @@ def save_memory(memory: WiseMemory, path: str | os.PathLike) -> Path:
         "unrelated": json.dumps(memory.unrelated),
         "requests": json.dumps([r.to_dict() for r in memory.requests]),
         "edit_scores": json.dumps(memory.edit_scores),
+        "unrelated_ceiling": json.dumps(memory.unrelated_ceiling),
         "shard_edits": json.dumps({"done": [s.n_edits for s in shards.done],
                                    "current": shards.current.n_edits if shards.current else None,
                                    "started": shards.n_started, "merged": shards.n_merged}),  # fmt: skip
@@ -90,6 +91,7 @@ def load_memory(cls: type[WiseMemory], model: HookedModel, path: str | os.PathLi
                 shards.current.keys, shards.current.values = f.get_tensor("current.keys"), f.get_tensor("current.values")
     memory.shards = shards
     memory.edit_scores = [float(s) for s in json.loads(meta["edit_scores"])]
+    memory.unrelated_ceiling = float(json.loads(meta["unrelated_ceiling"]))
     memory.requests = [EditRequest.from_dict(r) for r in json.loads(meta["requests"])]
     memory.seconds = float(json.loads(meta["seconds"]))
     return memory.attach()
@@ -99,7 +101,7 @@ def _metadata(path: Path) -> dict[str, str]:
     meta = read_metadata(path, fmt=FORMAT, what="WISE memory file", error=WiseMemoryError)
     if meta.get("version") != VERSION:
         raise WiseMemoryError(f"{path} is a WISE memory file of version {meta.get('version')}; this hooklab reads {VERSION}.")
-    missing = {"base_fingerprint", "hparams", "templates", "unrelated", "requests", "edit_scores", "shard_edits"} - set(meta)
+    missing = {"base_fingerprint", "hparams", "templates", "unrelated", "requests", "edit_scores", "unrelated_ceiling", "shard_edits"} - set(meta)
     if missing:
         raise WiseMemoryError(f"{path} lacks metadata {sorted(missing)}; it was not written by hooklab.")
     return meta

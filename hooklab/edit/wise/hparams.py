@@ -1,9 +1,10 @@
 """WISE's hyperparameters: a frozen dataclass, defaults for the model, strict loading.
 
-The routing margins, mask ratio, act ratio, shard sizes and TIES density are the published ones
-(EasyEdit's LLaMA-2-7B file for the WISE paper: save_freq 500 → ``edits_per_shard``, merge_freq
-1000 → ``shards_per_merge`` 2), the layer is given as a relative depth; the optimiser settings and
-the replay weight were tuned on SmolLM2-135M over zsRE records 500–515 (``hooklab/edit/wise/README.md``).
+The routing margins, act ratio, shard sizes and TIES density are the published ones (EasyEdit's
+LLaMA-2-7B file for the WISE paper: save_freq 500 → ``edits_per_shard``, merge_freq 1000 →
+``shards_per_merge`` 2); the layer is given as a relative depth. The depth, the mask ratio, the
+optimiser settings and the replay weight were tuned on SmolLM2-135M over zsRE records 500–599
+(``hooklab/edit/wise/README.md``).
 They are the same for every model size: no larger model has been tuned here.
 """
 
@@ -16,7 +17,7 @@ from hooklab.edit.hparams import _Hparams
 from hooklab.errors import HparamsError
 from hooklab.model import HookedModel
 
-DEPTH = 0.87  # the side memory's relative depth: layer 27 of LLaMA-2-7B's 32 (the paper's), 26 of SmolLM2's 30
+DEPTH = 0.5  # the side memory's relative depth: layer 15 of SmolLM2's 30, 16 of LLaMA-2-7B's 32
 
 
 
@@ -49,7 +50,7 @@ class WiseHparams(_Hparams):
 
     method: ClassVar[str] = "wise"
     layer: int
-    mask_ratio: float = 0.2
+    mask_ratio: float = 0.5
     edit_lr: float = 0.02
     n_iter: int = 40
     stop_ce: float = 0.05
@@ -88,6 +89,6 @@ class WiseHparams(_Hparams):
 
     @classmethod
     def for_model(cls, model: HookedModel) -> WiseHparams:
-        """The defaults with the layer at 87 % of ``model``'s depth."""
+        """The defaults with the layer at half of ``model``'s depth."""
         n = model.cfg.n_layers
         return cls(layer=min(n - 1, int(DEPTH * n)))

@@ -86,6 +86,7 @@ class WiseMemory:
         self.unrelated = list(unrelated)
         self.shards = Shards()
         self.edit_scores: list[float] = []  # per edit: its lowest activation score when trained
+        self.unrelated_ceiling = 0.0  # the unrelated texts' highest score under the current sides
         self.requests: list[EditRequest] = []
         self.seconds = 0.0  # spent training edits
         self._unrelated_keys: tuple[tuple, list[Tensor]] | None = None  # (weights version, keys per text)
@@ -108,8 +109,15 @@ class WiseMemory:
 
     @property
     def threshold(self) -> float:
-        """ε: act_ratio × the lowest score any edit ended with (infinite before the first edit)."""
-        return self.hparams.act_ratio * min(self.edit_scores) if self.edit_scores else float("inf")
+        """ε: act_ratio × the lowest score any edit ended with, and never below what an unrelated text scores.
+
+        Later edits and merges change the sides, so an unrelated token that stayed under the
+        edits' scores when they were trained may rise above them; the floor keeps it routed to
+        the main weights (infinite before the first edit).
+        """
+        if not self.edit_scores:
+            return float("inf")
+        return max(self.hparams.act_ratio * min(self.edit_scores), self.unrelated_ceiling)
 
     def __len__(self) -> int:
         return self.shards.n_edits
@@ -170,6 +178,7 @@ class WiseMemory:
             for request in tqdm(requests, desc="WISE", unit="edit", disable=len(requests) < 2, leave=False):
                 self._add_one(request)
         finally:
+            self._update_ceiling()
             if was:
                 self.attach()
         log.info("WISE memory: %d edit(s), ε = %.3g, %d side(s)", len(self), self.threshold, len(self.shards.sides()))
@@ -225,6 +234,15 @@ class WiseMemory:
                 f"the model's weights changed since this WISE memory was made (fingerprint {self.model.fingerprint}, "
                 f"the memory's base {self.base_fingerprint}); undo the later weight edits, or start a new memory."
             )
+
+    @torch.no_grad()
+    def _update_ceiling(self) -> None:
+        """The unrelated texts' highest score under the sides as they are now (the threshold's floor)."""
+        sides = self.shards.sides()
+        if sides:
+            self._draw_unrelated()  # the texts' keys, computed once per weights version
+            pool = torch.cat(self._unrelated_keys[1])
+            self.unrelated_ceiling = float(scores(pool, sides).max())
 
     def _draw_unrelated(self) -> Float[Tensor, "n d_mlp"]:
         """Keys of ``n_unrelated`` unrelated texts, drawn afresh for each edit (seeded by its number)."""
