@@ -101,7 +101,9 @@ def _metadata(path: Path) -> dict[str, str]:
     meta = read_metadata(path, fmt=FORMAT, what="WISE memory file", error=WiseMemoryError)
     if meta.get("version") != VERSION:
         raise WiseMemoryError(f"{path} is a WISE memory file of version {meta.get('version')}; this hooklab reads {VERSION}.")
-    missing = {"base_fingerprint", "hparams", "templates", "unrelated", "requests", "edit_scores", "unrelated_ceiling", "shard_edits"} - set(meta)
+    needed = {"base_fingerprint", "hparams", "templates", "unrelated", "requests", "edit_scores", "unrelated_ceiling",
+              "shard_edits"}  # fmt: skip
+    missing = needed - set(meta)
     if missing:
         raise WiseMemoryError(f"{path} lacks metadata {sorted(missing)}; it was not written by hooklab.")
     return meta

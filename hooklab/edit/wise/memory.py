@@ -240,16 +240,19 @@ class WiseMemory:
         """The unrelated texts' highest score under the sides as they are now (the threshold's floor)."""
         sides = self.shards.sides()
         if sides:
-            self._draw_unrelated()  # the texts' keys, computed once per weights version
-            pool = torch.cat(self._unrelated_keys[1])
+            pool = torch.cat(self._unrelated_pool())
             self.unrelated_ceiling = float(scores(pool, sides).max())
 
-    def _draw_unrelated(self) -> Float[Tensor, "n d_mlp"]:
-        """Keys of ``n_unrelated`` unrelated texts, drawn afresh for each edit (seeded by its number)."""
+    def _unrelated_pool(self) -> list[Float[Tensor, "pos d_mlp"]]:
+        """Layer L's keys of each unrelated text, computed once per version of the model's weights."""
         version = self.model.weights_version()
         if self._unrelated_keys is None or self._unrelated_keys[0] != version:
             self._unrelated_keys = (version, self._keys(self.unrelated))
-        pool = self._unrelated_keys[1]
+        return self._unrelated_keys[1]
+
+    def _draw_unrelated(self) -> Float[Tensor, "n d_mlp"]:
+        """Keys of ``n_unrelated`` unrelated texts, drawn afresh for each edit (seeded by its number)."""
+        pool = self._unrelated_pool()
         picks = random.Random(self.hparams.seed * 1_000_003 + len(self.edit_scores)).sample(
             range(len(pool)), min(self.hparams.n_unrelated, len(pool))
         )
