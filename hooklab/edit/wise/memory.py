@@ -36,8 +36,8 @@ from hooklab.errors import EditMismatchError, HparamsError
 from hooklab.model import HookedModel
 
 log = logging.getLogger(__name__)
-UNRELATED_TEXTS = (24, 32)
-UNRELATED_TOKENS = 32  # unrelated texts are cut to this many tokens: enough context, bounded cost  # (tokens, count) of the texts the model writes itself when none are given
+UNRELATED_TEXTS = (24, 32)  # (tokens, count) of the texts the model writes itself when none are given
+UNRELATED_TOKENS = 32  # unrelated texts are cut to this many tokens: enough context, bounded cost
 
 
 class WiseMemory:
