@@ -74,6 +74,8 @@ def test_defaults_and_strict_hparams(llama, smollm2):  # noqa: F811
         hooklab.WiseMemory(llama, data | {"mask_rate": 0.2})
     with pytest.raises(HparamsError, match="mask_ratio"):
         hooklab.WiseMemory(llama, data | {"mask_ratio": 1.5})
+    with pytest.raises(HparamsError, match="floor_quantile"):
+        hooklab.WiseMemory(llama, data | {"floor_quantile": 1.5})
     with pytest.raises(HparamsError, match="out of range"):
         hooklab.WiseMemory(llama, data | {"layer": 7})
 
@@ -92,11 +94,20 @@ def test_edits_answer_and_routing_is_selective(memory, smollm2):  # noqa: F811
 
 @pytest.mark.slow
 def test_threshold_is_never_below_an_unrelated_score(memory):
-    """ε = max(act_ratio × the edits' lowest score, the unrelated texts' highest score under the sides now)."""
+    """ε = max(act_ratio × the edits' lowest score, the floor: the unrelated texts' highest scores under the sides
+    now, at floor_quantile rounded up to a text, so with 2 texts at 0.99 the higher one)."""
     mem, _ = memory
-    highest = max(float(mem.scores(text).max()) for text in UNRELATED)
-    assert mem.unrelated_ceiling == pytest.approx(highest, rel=1e-5)
-    assert mem.threshold == pytest.approx(max(mem.hparams.act_ratio * min(mem.edit_scores), highest), rel=1e-5)
+    highest = sorted(float(mem.scores(text).max()) for text in UNRELATED)
+    assert mem.hparams.floor_quantile == 0.99 and len(highest) < 100
+    assert mem.unrelated_ceiling == pytest.approx(highest[-1], rel=1e-5)
+    assert mem.threshold == pytest.approx(max(mem.hparams.act_ratio * min(mem.edit_scores), highest[-1]), rel=1e-5)
+    mem.hparams = dataclasses.replace(mem.hparams, floor_quantile=0.0)  # the lowest text's score
+    try:
+        mem._update_ceiling()
+        assert mem.unrelated_ceiling == pytest.approx(highest[0], rel=1e-5)
+    finally:
+        mem.hparams = dataclasses.replace(mem.hparams, floor_quantile=0.99)
+        mem._update_ceiling()
 
 
 @pytest.mark.slow

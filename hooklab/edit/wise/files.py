@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from hooklab.edit.wise.memory import WiseMemory
 
 FORMAT = "hooklab-wise"
-VERSION = "2"  # 2: the threshold's floor from the unrelated texts
+VERSION = "3"  # 2: the threshold's floor from the unrelated texts; 3: its quantile (floor_quantile)
 
 
 def save_memory(memory: WiseMemory, path: str | os.PathLike) -> Path:

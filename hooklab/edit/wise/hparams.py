@@ -3,9 +3,9 @@
 The routing margins, act ratio, shard sizes and TIES density are the published ones (EasyEdit's
 LLaMA-2-7B file for the WISE paper: save_freq 500 → ``edits_per_shard``, merge_freq 1000 →
 ``shards_per_merge`` 2); the layer is given as a relative depth. The depth, the mask ratio, the
-optimiser settings and the replay weight were tuned on SmolLM2-135M over zsRE records 500–599
-(``hooklab/edit/wise/README.md``).
-They are the same for every model size: no larger model has been tuned here.
+optimiser settings, the replay weight, the unrelated texts per edit and the floor's quantile were
+tuned on SmolLM2-135M over zsRE records 500–599 (``hooklab/edit/wise/README.md``). They are the
+same for every model size: no larger model has been tuned here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from hooklab.errors import HparamsError
 from hooklab.model import HookedModel
 
 DEPTH = 0.5  # the side memory's relative depth: layer 15 of SmolLM2's 30, 16 of LLaMA-2-7B's 32
-
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,9 @@ class WiseHparams(_Hparams):
         replay: weight of the replay term: the edits already in the shard keep their side
             outputs (relative squared error at their keys), so later edits do not overwrite them.
         n_unrelated: unrelated texts drawn per edit for the routing loss.
+        floor_quantile: ε never falls below this quantile of the unrelated texts' highest scores
+            under the sides as they are (1: every unrelated text stays with the main weights; 0.99
+            lets the top 1 % through, which the edits' own scores would otherwise have to clear).
         seed: masks, prefixes and the draw of unrelated texts.
     """
 
@@ -64,7 +66,8 @@ class WiseHparams(_Hparams):
     density: float = 0.53
     context_lengths: tuple[tuple[int, int], ...] = ((5, 2), (10, 2))
     replay: float = 1000.0
-    n_unrelated: int = 100
+    n_unrelated: int = 300
+    floor_quantile: float = 0.99
     seed: int = 0
 
     @property
@@ -80,6 +83,8 @@ class WiseHparams(_Hparams):
         bad += [n for n in ("alpha", "gamma", "n_unrelated", "replay", "stop_ce") if getattr(self, n) < 0]
         if not 0 < self.mask_ratio <= 1:
             bad.append("mask_ratio (in (0, 1])")
+        if not 0 <= self.floor_quantile <= 1:
+            bad.append("floor_quantile (in [0, 1])")
         if not 0 < self.density <= 1:
             bad.append("density (in (0, 1])")
         if self.beta <= self.alpha:

@@ -86,7 +86,7 @@ class WiseMemory:
         self.unrelated = list(unrelated)
         self.shards = Shards()
         self.edit_scores: list[float] = []  # per edit: its lowest activation score when trained
-        self.unrelated_ceiling = 0.0  # the unrelated texts' highest score under the current sides
+        self.unrelated_ceiling = 0.0  # the threshold's floor: floor_quantile of the unrelated texts' highest scores
         self.requests: list[EditRequest] = []
         self.seconds = 0.0  # spent training edits
         self._unrelated_keys: tuple[tuple, list[Tensor]] | None = None  # (weights version, keys per text)
@@ -109,11 +109,12 @@ class WiseMemory:
 
     @property
     def threshold(self) -> float:
-        """ε: act_ratio × the lowest score any edit ended with, and never below what an unrelated text scores.
+        """ε: act_ratio × the lowest score any edit ended with, and not below the unrelated texts' scores.
 
         Later edits and merges change the sides, so an unrelated token that stayed under the
-        edits' scores when they were trained may rise above them; the floor keeps it routed to
-        the main weights (infinite before the first edit).
+        edits' scores when they were trained may rise above them; the floor (``floor_quantile``
+        of the unrelated texts' highest scores) keeps such texts with the main weights
+        (infinite before the first edit).
         """
         if not self.edit_scores:
             return float("inf")
@@ -237,11 +238,18 @@ class WiseMemory:
 
     @torch.no_grad()
     def _update_ceiling(self) -> None:
-        """The unrelated texts' highest score under the sides as they are now (the threshold's floor)."""
+        """The threshold's floor: ``floor_quantile`` of each unrelated text's highest score under the sides now.
+
+        The quantile rounds up to a text's score, so with few texts (or 1) it is their maximum.
+        """
         sides = self.shards.sides()
         if sides:
-            pool = torch.cat(self._unrelated_pool())
-            self.unrelated_ceiling = float(scores(pool, sides).max())
+            pool = self._unrelated_pool()
+            lengths = torch.tensor([len(k) for k in pool], device=pool[0].device)
+            text = torch.repeat_interleave(torch.arange(len(pool), device=lengths.device), lengths)  # each token's text
+            top = scores(torch.cat(pool), sides).max(-1).values  # per token
+            highest = top.new_zeros(len(pool)).scatter_reduce(0, text, top, "amax", include_self=False)  # per text
+            self.unrelated_ceiling = float(torch.quantile(highest, self.hparams.floor_quantile, interpolation="higher"))
 
     def _unrelated_pool(self) -> list[Float[Tensor, "pos d_mlp"]]:
         """Layer L's keys of each unrelated text, computed once per version of the model's weights."""
