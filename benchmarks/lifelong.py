@@ -8,9 +8,12 @@ first T edits of a longer sequence is exactly the model a run of T edits ends wi
 
 Runs are resumable (state under ``--work``; start the same command again) and each method may
 run in its own process; every process rewrites the table from all results found under
-``--work``. ROME and MEMIT use key statistics collected once on the unedited model.
+``--work``. ROME and MEMIT use key statistics collected once on the unedited model. WISE's
+unrelated texts are NQ questions of the records not edited; a run over every record of the file
+(T = 1000) takes NQ-style questions the model writes instead (``--unrelated written``).
 
     python benchmarks/lifelong.py --methods wise --T 1 10 100 --threads 1           # this CPU
+    python benchmarks/lifelong.py --methods wise --T 1 10 100 1000 --unrelated written --device cuda
     python benchmarks/lifelong.py --methods rome memit --T 1 10 --threads 1
     python benchmarks/lifelong.py --methods wise --T 1 10 100 --model synthetic:llama3-8b --device cuda
 """
@@ -31,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
 METHODS = ("wise", "rome", "memit")
 SAVE_EVERY = 25  # edits between saved states (a restart loses at most this many)
-UNRELATED_RECORDS = 100  # the file's last records give WISE's unrelated texts
+UNRELATED_RECORDS = 100  # --unrelated nq: the file's last records give WISE's unrelated texts
 
 
 class Sequential:
@@ -102,7 +105,7 @@ def run(method: str, args, records: list[dict]) -> None:
             memory = hooklab.WiseMemory.load(model, state)
             progress["done"] = len(memory)
         else:
-            memory = hooklab.WiseMemory(model, hparams, unrelated=unrelated_texts(args, len(records)))
+            memory = hooklab.WiseMemory(model, hparams, unrelated=unrelated_texts(args, model, records, work))
             progress = {"done": 0, "seconds": [], "results": {}}
         reference = memory
 
@@ -156,21 +159,61 @@ def run(method: str, args, records: list[dict]) -> None:
     progress_file.write_text(json.dumps(progress))
 
 
-def unrelated_texts(args, n_edited: int) -> list[str] | None:
-    """WISE's unrelated texts (the routing loss's negatives), as in the reference's zsRE runs.
+def unrelated_texts(args, model, edited: list[dict], work: Path) -> list[str] | None:
+    """WISE's unrelated texts (the routing loss's negatives); none of them is a question loc is scored on.
 
-    ``nq``: the NQ questions with their answers (``loc`` + ``loc_ans``) of the last
-    ``UNRELATED_RECORDS`` records of the file, which the edited sequence must not reach (their
-    ``loc`` is never evaluated); ``model``: texts the model writes itself.
+    ``nq``: the NQ questions with their answers (``loc`` + ``loc_ans``) of the file's last
+    ``UNRELATED_RECORDS`` records, as in the reference's zsRE runs (the edited records must not
+    reach them); ``nq-rest``: those of every record not edited; ``written``: NQ-style questions the
+    model writes after a few hand-written ones (for sequences that edit the whole file);
+    ``model``: the memory's default, texts the model writes itself.
     """
     if args.unrelated == "model":
         return None
+    if args.unrelated == "written":
+        return written_questions(model, work / "written.json")
     records = json.loads(Path(args.records).read_text())
+    if args.unrelated == "nq-rest":
+        scored = {r["loc"] for r in edited}
+        texts = [r["loc"] + " " + r["loc_ans"] for r in records if r["loc"] not in scored]
+        if len(texts) < UNRELATED_RECORDS:
+            raise SystemExit(f"only {len(texts)} records are not edited; use --unrelated written.")
+        return texts
     first = len(records) - UNRELATED_RECORDS
-    if args.offset + n_edited > first:
+    if args.offset + len(edited) > first:
         raise SystemExit(f"the edited records reach record {first}, whose NQ questions are the unrelated texts; "
-                         "use --unrelated model or fewer edits.")  # fmt: skip
+                         "use --unrelated written or fewer edits.")  # fmt: skip
     return [r["loc"] + " " + r["loc_ans"] for r in records[first:]]
+
+
+WRITTEN_SHOTS = (  # hand-written, in the NQ lines' form: question, then answer
+    "nq question: who sang the original version of hotel california Eagles",
+    "nq question: when did the first man walk on the moon 1969",
+    "nq question: what is the largest organ of the human body the skin",
+    "nq question: where is the great barrier reef located Queensland, Australia",
+)
+
+
+def written_questions(model, path: Path, count: int = 1000, batch: int = 100) -> list[str]:
+    """``count`` NQ-style lines the model writes after ``WRITTEN_SHOTS`` (seeded; kept in ``path``)."""
+    import torch
+
+    if path.exists():
+        return json.loads(path.read_text())
+    tok = model.tokenizer
+    prompt = "\n".join(WRITTEN_SHOTS) + "\nnq question:"
+    ids = tok([prompt] * batch, return_tensors="pt")["input_ids"].to(model.cfg.device)
+    texts: list[str] = []
+    torch.manual_seed(0)
+    while len(texts) < count:
+        out = model.bridge.generate(ids, max_new_tokens=24, do_sample=True, top_k=40, stop_at_eos=False, verbose=False)
+        for row in out[:, ids.shape[1] :]:
+            line = tok.decode(row, skip_special_tokens=True).split("\n")[0].strip()
+            if len(line.split()) >= 3:
+                texts.append("nq question: " + line)
+    texts = texts[:count]
+    path.write_text(json.dumps(texts))
+    return texts
 
 
 def routing_overhead(model, memory, records: list[dict], repeats: int = 20) -> float:
@@ -250,7 +293,8 @@ def main() -> None:
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--hparams", default=None, help="JSON of WiseHparams fields to override")
-    parser.add_argument("--unrelated", default="nq", choices=["nq", "model"], help="WISE's unrelated texts")
+    parser.add_argument("--unrelated", default="nq-rest", choices=["nq-rest", "nq", "written", "model"],
+                        help="WISE's unrelated texts (see unrelated_texts)")
     parser.add_argument("--work", default="/tmp/hooklab-lifelong")
     parser.add_argument("--out", default=str(HERE / "results" / "lifelong.md"))
     parser.add_argument("--report", action="store_true", help="only rewrite the table from --work")
