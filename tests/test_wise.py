@@ -93,9 +93,9 @@ def test_edits_answer_and_routing_is_selective(memory, smollm2):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_threshold_is_never_below_an_unrelated_score(memory):
+def test_threshold_floor_is_a_quantile_of_the_unrelated_scores(memory):
     """ε = max(act_ratio × the edits' lowest score, the floor: the unrelated texts' highest scores under the sides
-    now, at floor_quantile rounded up to a text, so with 2 texts at 0.99 the higher one)."""
+    now, at floor_quantile rounded up to a text, so with under 100 texts at 0.99 the highest of them)."""
     mem, _ = memory
     highest = sorted(float(mem.scores(text).max()) for text in UNRELATED)
     assert mem.hparams.floor_quantile == 0.99 and len(highest) < 100
