@@ -204,13 +204,14 @@ def written_questions(model, path: Path, count: int = 1000, batch: int = 100) ->
     prompt = "\n".join(WRITTEN_SHOTS) + "\nnq question:"
     ids = tok([prompt] * batch, return_tensors="pt")["input_ids"].to(model.cfg.device)
     texts: list[str] = []
-    torch.manual_seed(0)
-    while len(texts) < count:
-        out = model.bridge.generate(ids, max_new_tokens=24, do_sample=True, top_k=40, stop_at_eos=False, verbose=False)
-        for row in out[:, ids.shape[1] :]:
-            line = tok.decode(row, skip_special_tokens=True).split("\n")[0].strip()
-            if len(line.split()) >= 3:
-                texts.append("nq question: " + line)
+    with torch.random.fork_rng(devices=[ids.device] if ids.is_cuda else []):  # leaves the run's random state alone
+        torch.manual_seed(0)
+        while len(texts) < count:
+            out = model.bridge.generate(ids, max_new_tokens=24, do_sample=True, top_k=40, stop_at_eos=False, verbose=False)
+            for row in out[:, ids.shape[1] :]:
+                line = tok.decode(row, skip_special_tokens=True).split("\n")[0].strip()
+                if len(line.split()) >= 3:
+                    texts.append("nq question: " + line)
     texts = texts[:count]
     path.write_text(json.dumps(texts))
     return texts
