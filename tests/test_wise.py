@@ -7,15 +7,16 @@ import json
 
 import pytest
 import torch
+from conftest import make_pico
 from editing import FACTS, llama, same_weights, snapshot  # noqa: F401 (fixtures)
 
 import hooklab
 from hooklab import sites
-from hooklab.edit.wise.router import attached_router
-from hooklab.errors import EditMismatchError, EditRequestError, EditSolveError, HparamsError, WiseMemoryError
+from hooklab.edit.wise.pool import UnrelatedPool
+from hooklab.edit.wise.router import SKETCH, _projection, attached_router
 from hooklab.edit.wise.shards import Shards, random_mask
+from hooklab.errors import EditMismatchError, EditRequestError, EditSolveError, HparamsError, WiseMemoryError
 from hooklab.merge.methods import ties
-from conftest import make_pico
 
 UNRELATED = [
     "Researchers load a model and cache its activations.",
@@ -81,7 +82,7 @@ def test_defaults_and_strict_hparams(llama, smollm2):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_edits_answer_and_routing_is_selective(memory, smollm2):  # noqa: F811
+def test_edits_answer_and_routing_is_selective(memory, smollm2):
     mem, before = memory
     assert len(mem) == 3 and mem.is_attached
     for request in FACTS:
@@ -97,7 +98,7 @@ def test_threshold_floor_is_a_quantile_of_the_unrelated_scores(memory):
     """ε = max(act_ratio × the edits' lowest score, the floor: the unrelated texts' highest scores under the sides
     now, at floor_quantile rounded up to a text, so with under 100 texts at 0.99 the highest of them)."""
     mem, _ = memory
-    highest = sorted(float(mem.scores(text).max()) for text in UNRELATED)
+    highest = sorted(float(plain_routing(mem, mem._keys([text])[0].double())[1].max()) for text in UNRELATED)
     assert mem.hparams.floor_quantile == 0.99 and len(highest) < 100
     assert mem.unrelated_ceiling == pytest.approx(highest[-1], rel=1e-5)
     assert mem.threshold == pytest.approx(max(mem.hparams.act_ratio * min(mem.edit_scores), highest[-1]), rel=1e-5)
@@ -110,30 +111,100 @@ def test_threshold_floor_is_a_quantile_of_the_unrelated_scores(memory):
         mem._update_ceiling()
 
 
-@pytest.mark.slow
-def test_router_output_matches_a_plain_computation(memory, smollm2):  # noqa: F811
-    """The layer's output is W_side a + b where max_k ‖Δ_k a‖ > ε, else W_main a + b."""
-    mem, _ = memory
-    site = sites.mlp_out(smollm2, mem.hparams.layer)
-    text = FACTS[0].text + " and " + UNRELATED[0]  # routed and unrouted tokens in one row
-    found = {}
-    with torch.no_grad(), smollm2.hooks(fwd_hooks=[(site.hook_in, lambda a, hook: found.setdefault("a", a)),
-                                                 (site.hook_out, lambda o, hook: found.setdefault("out", o))]):  # fmt: skip
-        smollm2(smollm2.to_tokens(text))
-    a = found["a"][0].double()  # (T, d_mlp)
-    sides = mem.shards.sides()
-    scores = torch.stack([(a @ d.double().T).norm(dim=-1) for d in sides], -1)  # (T, k)
-    best, which = scores.max(-1)
+def plain_routing(mem, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's side (owner of the stored key with the highest cosine in the router's projection) and its
+    score, in float64."""
+    keys = [k.double() for k in mem.shards.side_keys()]
+    owner = torch.cat([torch.full((len(k),), i) for i, k in enumerate(keys)])
+    projection = _projection(a.shape[-1], a.device)
+    project = (lambda x: x) if projection is None else (lambda x: x @ projection.double())
+    assert (projection is None) == (a.shape[-1] <= SKETCH)  # SmolLM2's 1536 are projected, the pico models' not
+    cosine = torch.nn.functional.normalize(project(a), dim=-1) @ torch.nn.functional.normalize(project(torch.cat(keys)), dim=-1).T
+    which = owner[cosine.argmax(-1)]
+    sides = [d.double() for d in mem.shards.sides()]
+    return which, torch.stack([(a[t] @ sides[int(which[t])].T).norm() for t in range(len(a))])
+
+
+def layer_io(model, layer: int, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys a and the output of ``layer``'s MLP output projection for ``text`` (float64)."""
+    site, found = sites.mlp_out(model, layer), {}
+    with torch.no_grad(), model.hooks(fwd_hooks=[(site.hook_in, lambda a, hook: found.setdefault("a", a)),
+                                               (site.hook_out, lambda o, hook: found.setdefault("out", o))]):  # fmt: skip
+        model(model.to_tokens(text))
+    return found["a"][0].double(), found["out"][0].double()
+
+
+def expected_output(mem, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W_side a + b for the token's side where its score is above ε, else W_main a + b; and which tokens."""
+    site = mem.site
+    which, score = plain_routing(mem, a)
     bias = site.module.bias.double() if getattr(site.module, "bias", None) is not None else 0.0
     main = a @ site.weight.double().T + bias
+    sides = mem.shards.sides()
     side = torch.stack([a[t] @ (site.weight.double() + sides[int(which[t])].double()).T for t in range(len(a))]) + bias
-    expected = torch.where((best > mem.threshold)[:, None], side, main)
-    assert (best > mem.threshold).any() and not (best > mem.threshold).all()
-    torch.testing.assert_close(found["out"][0].double(), expected, rtol=1e-5, atol=1e-5)
+    routed = score > mem.threshold
+    return torch.where(routed[:, None], side, main), routed
 
 
 @pytest.mark.slow
-def test_detach_restores_the_model_bit_exactly(memory, smollm2):  # noqa: F811
+def test_router_output_matches_a_plain_computation(memory, smollm2):
+    """The layer's output is W_side a + b where the token's side scores ‖Δ a‖ > ε, else W_main a + b."""
+    mem, _ = memory
+    text = FACTS[0].text + " and " + UNRELATED[0]  # routed and unrouted tokens in one row
+    a, out = layer_io(smollm2, mem.hparams.layer, text)
+    expected, routed = expected_output(mem, a)
+    assert routed.any() and not routed.all()
+    assert torch.equal(mem.routed(text), routed)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_several_sides_route_by_their_stored_keys(pico_llama):
+    """One shard per edit, never merged: each edit's prompt goes to its own side; the floor's pool, kept up to
+    date edit by edit, agrees with one computed afresh."""
+    model = hooklab.load(pico_llama, device="cpu")
+    mem = hooklab.WiseMemory(model, hparams(model, edits_per_shard=1, shards_per_merge=0), unrelated=UNRELATED)
+    try:
+        for request in FACTS:
+            mem.add(request)
+        assert len(mem.shards.sides()) == len(FACTS) and mem.shards.merged is None
+        for i, request in enumerate(FACTS):
+            a, out = layer_io(model, 0, request.text)
+            which, _ = plain_routing(mem, a)
+            assert int(which[-1]) == i  # its own stored key, its own side
+            expected, _ = expected_output(mem, a)
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        fresh = UnrelatedPool(mem._unrelated_pool().texts).highest(mem.shards.sides(), mem.shards.side_keys())
+        plain = torch.stack([plain_routing(mem, t.double())[1].max() for t in mem._unrelated_pool().texts])
+        torch.testing.assert_close(fresh.double(), plain, rtol=1e-5, atol=1e-5)
+        assert mem.unrelated_ceiling == pytest.approx(float(plain.max()), rel=1e-5)  # 8 texts: the quantile is the top
+    finally:
+        mem.detach()
+
+
+@pytest.mark.slow
+def test_each_shard_answers_its_own_edits(memory, smollm2):
+    """One shard per edit on SmolLM2 (keys compared in the projection): each prompt goes to its own side and gets
+    its new answer, and the layer's output is the plain computation's."""
+    fixture, _ = memory
+    fixture.detach()
+    hp = dataclasses.replace(fixture.hparams, edits_per_shard=1)
+    mem = hooklab.WiseMemory(smollm2, hp, unrelated=UNRELATED).add(FACTS)
+    try:
+        assert len(mem.shards.sides()) == 3
+        for i, request in enumerate(FACTS):
+            a, out = layer_io(smollm2, hp.layer, request.text)
+            which, score = plain_routing(mem, a)
+            assert int(which[-1]) == i and score[-1] > mem.threshold
+            expected, _ = expected_output(mem, a)
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+            assert top_token(smollm2, request.text) == target_token(smollm2, request)
+    finally:
+        mem.detach()
+        fixture.attach()
+
+
+@pytest.mark.slow
+def test_detach_restores_the_model_bit_exactly(memory, smollm2):
     mem, before = memory
     snap = snapshot(smollm2)
     with mem.undone():
@@ -153,14 +224,14 @@ def test_detach_restores_the_model_bit_exactly(memory, smollm2):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_one_memory_per_layer(memory, smollm2):  # noqa: F811
+def test_one_memory_per_layer(memory, smollm2):
     mem, _ = memory
     with pytest.raises(WiseMemoryError, match="already has a WISE side memory"):
         hooklab.WiseMemory(smollm2, mem.hparams, unrelated=UNRELATED)
 
 
 @pytest.mark.slow
-def test_save_load_round_trip(memory, smollm2, tmp_path):  # noqa: F811
+def test_save_load_round_trip(memory, smollm2, tmp_path):
     mem, _ = memory
     path = mem.save(tmp_path / "memory.safetensors")
     expected = {r.text: logits(smollm2, r.text) for r in FACTS}
@@ -169,7 +240,9 @@ def test_save_load_round_trip(memory, smollm2, tmp_path):  # noqa: F811
         loaded = hooklab.WiseMemory.load(smollm2, path)
         try:
             assert len(loaded) == 3 and loaded.threshold == mem.threshold and loaded.requests == mem.requests
-            assert torch.equal(loaded.shards.current.keys, mem.shards.current.keys)  # what later edits replay
+            assert torch.equal(loaded.shards.current.values, mem.shards.current.values)  # what later edits replay
+            for a, b in zip(loaded.shards.side_keys(), mem.shards.side_keys(), strict=True):  # what routing compares
+                assert torch.equal(a, b)
             for text, out in expected.items():
                 assert torch.equal(logits(smollm2, text), out)
         finally:
@@ -194,7 +267,7 @@ def test_load_refuses_another_model_and_damaged_files(memory, llama, tmp_path, t
 
 
 @pytest.mark.slow
-def test_diverging_edit_is_rejected_and_the_memory_unchanged(memory, smollm2):  # noqa: F811
+def test_diverging_edit_is_rejected_and_the_memory_unchanged(memory, smollm2):
     mem, _ = memory
     state = [d.clone() for d in mem.shards.sides()], mem.threshold, len(mem), mem.shards.n_started
     out = logits(smollm2, FACTS[2].text)
@@ -238,9 +311,11 @@ def test_shards_are_masked_and_merged_with_ties(pico_llama):
         mem.add(FACTS[0])
         (first,) = mem.shards.done
         assert not first.delta[~first.mask].any() and first.delta[first.mask].any()
+        keys = first.keys
         mem.add(FACTS[1])
         assert mem.shards.done == [] and mem.shards.current is None and len(mem) == 2
         assert mem.shards.merged is not None and len(mem.shards.sides()) == 1
+        assert torch.equal(mem.shards.merged_keys[: len(keys)], keys)  # the merged side answers both edits' keys
     finally:
         mem.detach()
 
@@ -253,12 +328,13 @@ def test_merge_is_ties_of_the_shards_then_of_the_memory():
     for i, delta in enumerate(deltas):
         shard = shards.begin((6, 10), 0.5, seed=0, device=torch.device("cpu"))
         assert torch.equal(shard.mask, random_mask((6, 10), 0.5, i, torch.device("cpu")))  # a new mask per shard
-        shard.delta, shard.n_edits = delta, 1
+        shard.delta, shard.n_edits, shard.keys = delta, 1, torch.full((2, 10), float(i))
         shards.close_if_full(edits_per_shard=1, shards_per_merge=2, density=0.5)
     first = ties(torch.zeros(6, 10), deltas[:2], [0.5, 0.5], 0.5)
     expected = ties(torch.zeros(6, 10), [*deltas[2:], first], [0.2, 0.2, 0.6], 0.5)
     torch.testing.assert_close(shards.merged, expected)
     assert shards.n_started == 4 and shards.done == [] and shards.current is None
+    assert torch.equal(shards.merged_keys[:, 0], torch.tensor([0.0, 0, 1, 1, 2, 2, 3, 3]))  # every edit's keys, in order
 
 
 def test_two_slot_placement_trains_the_same_memory(pico_llama):

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from hooklab.edit.wise.memory import WiseMemory
 
 FORMAT = "hooklab-wise"
-VERSION = "3"  # 2: the threshold's floor from the unrelated texts; 3: its quantile (floor_quantile)
+VERSION = "4"  # 2: the threshold's floor; 3: its quantile (floor_quantile); 4: every side's keys (routing)
+KEYS = ("merged.keys", "current.keys", "current.values")  # tensors not shaped like the side weights
 
 
 def save_memory(memory: WiseMemory, path: str | os.PathLike) -> Path:
@@ -35,12 +36,12 @@ def save_memory(memory: WiseMemory, path: str | os.PathLike) -> Path:
     shards = memory.shards
     tensors: dict[str, torch.Tensor] = {}
     if shards.merged is not None:
-        tensors["merged"] = shards.merged
+        tensors["merged"], tensors["merged.keys"] = shards.merged, shards.merged_keys
     for i, shard in enumerate(shards.done):
-        tensors[f"done.{i}.delta"], tensors[f"done.{i}.mask"] = shard.delta, shard.mask
+        tensors[f"done.{i}.delta"], tensors[f"done.{i}.mask"], tensors[f"done.{i}.keys"] = shard.delta, shard.mask, shard.keys
     if shards.current is not None:
         tensors["current.delta"], tensors["current.mask"] = shards.current.delta, shards.current.mask
-        if shards.current.keys is not None:  # what later edits of this shard replay
+        if shards.current.keys is not None:  # what routing compares with, and later edits of this shard replay
             tensors["current.keys"], tensors["current.values"] = shards.current.keys, shards.current.values
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {
@@ -75,15 +76,16 @@ def load_memory(cls: type[WiseMemory], model: HookedModel, path: str | os.PathLi
     shape = tuple(memory.site.weight.shape)
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         names = set(f.keys())
-        for name in names - {"current.keys", "current.values"}:
+        for name in {n for n in names if n not in KEYS and not n.endswith(".keys")}:
             if tuple(f.get_slice(name).get_shape()) != shape:
                 raise EditMismatchError(
                     f"{path}: tensor {name} has shape {tuple(f.get_slice(name).get_shape())}, but layer "
                     f"{hparams.layer}'s MLP output projection is {shape}; the memory is for another architecture."
                 )
         shards = Shards(n_started=counts["started"], n_merged=counts["merged"])
-        shards.merged = f.get_tensor("merged") if "merged" in names else None
-        shards.done = [Shard(f.get_tensor(f"done.{i}.delta"), f.get_tensor(f"done.{i}.mask"), n)
+        if "merged" in names:
+            shards.merged, shards.merged_keys = f.get_tensor("merged"), f.get_tensor("merged.keys")
+        shards.done = [Shard(f.get_tensor(f"done.{i}.delta"), f.get_tensor(f"done.{i}.mask"), n, f.get_tensor(f"done.{i}.keys"))
                        for i, n in enumerate(counts["done"])]  # fmt: skip
         if counts["current"] is not None:
             shards.current = Shard(f.get_tensor("current.delta"), f.get_tensor("current.mask"), counts["current"])

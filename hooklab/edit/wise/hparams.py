@@ -1,10 +1,10 @@
 """WISE's hyperparameters: a frozen dataclass, defaults for the model, strict loading.
 
-The routing margins, act ratio, shard sizes and TIES density are the published ones (EasyEdit's
-LLaMA-2-7B file for the WISE paper: save_freq 500 → ``edits_per_shard``, merge_freq 1000 →
-``shards_per_merge`` 2); the layer is given as a relative depth. The depth, the mask ratio, the
+The routing margins, act ratio and TIES density are the published ones (EasyEdit's LLaMA-2-7B
+file for the WISE paper); the layer is given as a relative depth. The depth, the mask ratio, the
 optimiser settings, the replay weight, the unrelated texts per edit and the floor's quantile were
-tuned on SmolLM2-135M over zsRE records 500–599 (``hooklab/edit/wise/README.md``). They are the
+tuned on SmolLM2-135M over zsRE records 500–599, the shard size (100, not the reference's 500) and
+merging (off, not every 2 shards) over 998 edits (``hooklab/edit/wise/README.md``). They are the
 same for every model size: no larger model has been tuned here.
 """
 
@@ -38,7 +38,8 @@ class WiseHparams(_Hparams):
         act_ratio: the routing threshold ε is act_ratio × the lowest score an edit ended with.
         norm_constraint: each side weight stays within this of the main weight.
         edits_per_shard: edits trained into one shard before a new shard (and mask) begins.
-        shards_per_merge: completed shards merged (TIES) into the side memory at once.
+        shards_per_merge: completed shards merged (TIES) into the side memory at once; 0: never
+            (every shard stays a side of its own, and routing chooses among them).
         density: TIES's trim: the share of each shard's change kept when merging.
         context_lengths: ((tokens, count), ...) of generated prefixes the edit is trained under.
         replay: weight of the replay term: the edits already in the shard keep their side
@@ -61,8 +62,8 @@ class WiseHparams(_Hparams):
     gamma: float = 10.0
     act_ratio: float = 0.88
     norm_constraint: float = 1.0
-    edits_per_shard: int = 500
-    shards_per_merge: int = 2
+    edits_per_shard: int = 100
+    shards_per_merge: int = 0
     density: float = 0.53
     context_lengths: tuple[tuple[int, int], ...] = ((5, 2), (10, 2))
     replay: float = 1000.0
@@ -78,9 +79,8 @@ class WiseHparams(_Hparams):
         """Raise unless the layer exists and every number is in range."""
         if not 0 <= self.layer < n_layers:
             raise HparamsError(f"layer {self.layer} is out of range: the model has layers 0..{n_layers - 1}.")
-        bad = [n for n in ("edit_lr", "n_iter", "act_ratio", "norm_constraint", "edits_per_shard", "shards_per_merge")
-               if getattr(self, n) <= 0]  # fmt: skip
-        bad += [n for n in ("alpha", "gamma", "n_unrelated", "replay", "stop_ce") if getattr(self, n) < 0]
+        bad = [n for n in ("edit_lr", "n_iter", "act_ratio", "norm_constraint", "edits_per_shard") if getattr(self, n) <= 0]
+        bad += [n for n in ("alpha", "gamma", "n_unrelated", "replay", "stop_ce", "shards_per_merge") if getattr(self, n) < 0]
         if not 0 < self.mask_ratio <= 1:
             bad.append("mask_ratio (in (0, 1])")
         if not 0 <= self.floor_quantile <= 1:

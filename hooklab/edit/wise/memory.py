@@ -29,7 +29,8 @@ from hooklab.edit.request import EditRequest
 from hooklab.edit.tokens import pad_id, pad_right
 from hooklab.edit.wise.files import load_memory, save_memory
 from hooklab.edit.wise.hparams import WiseHparams
-from hooklab.edit.wise.router import Router, add_router, scores
+from hooklab.edit.wise.pool import UnrelatedPool
+from hooklab.edit.wise.router import Router, Sides, add_router, scores
 from hooklab.edit.wise.shards import Shards
 from hooklab.edit.wise.train import train_edit
 from hooklab.errors import EditMismatchError, HparamsError
@@ -89,7 +90,7 @@ class WiseMemory:
         self.unrelated_ceiling = 0.0  # the threshold's floor: floor_quantile of the unrelated texts' highest scores
         self.requests: list[EditRequest] = []
         self.seconds = 0.0  # spent training edits
-        self._unrelated_keys: tuple[tuple, list[Tensor]] | None = None  # (weights version, keys per text)
+        self._pool: tuple[tuple, UnrelatedPool] | None = None  # (the model's weights version, the pool's keys)
         self._handle: torch.utils.hooks.RemovableHandle | None = None
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -109,7 +110,7 @@ class WiseMemory:
 
     @property
     def threshold(self) -> float:
-        """ε: act_ratio × the lowest score any edit ended with, and not below the unrelated texts' scores.
+        """ε: act_ratio × the lowest score any edit ended with, and not below the unrelated texts' routed scores.
 
         Later edits and merges change the sides, so an unrelated token that stayed under the
         edits' scores when they were trained may rise above them; the floor (``floor_quantile``
@@ -219,15 +220,22 @@ class WiseMemory:
         sides = self.shards.sides()
         return scores(keys, sides) if sides else keys.new_zeros(len(keys), 0)
 
+    @torch.no_grad()
     def routed(self, text: str) -> Bool[Tensor, " pos"]:
-        """Which tokens of ``text`` the side memory answers (highest score above ε)."""
-        s = self.scores(text)
-        return s.max(-1).values > self.threshold if s.shape[1] else torch.zeros(len(s), dtype=torch.bool)
+        """Which tokens of ``text`` the side memory answers (the score under the token's side above ε)."""
+        keys = self._keys([text])[0]
+        sides = self._sides(torch.float32)
+        if not len(sides):
+            return torch.zeros(len(keys), dtype=torch.bool)
+        return sides.route(keys.float())[1].norm(dim=-1) > self.threshold
 
     # -- internals ----------------------------------------------------------------------------------
 
+    def _sides(self, dtype: torch.dtype) -> Sides:
+        return Sides(self.shards.sides(), self.shards.side_keys(), dtype)
+
     def _router(self) -> Router:
-        return Router(self.shards.sides(), self.threshold, self.site.weight.dtype)
+        return Router(self._sides(self.site.weight.dtype), self.threshold)
 
     def _check_model(self) -> None:
         if self.model.fingerprint != self.base_fingerprint:
@@ -236,35 +244,30 @@ class WiseMemory:
                 f"the memory's base {self.base_fingerprint}); undo the later weight edits, or start a new memory."
             )
 
-    @torch.no_grad()
     def _update_ceiling(self) -> None:
-        """The threshold's floor: ``floor_quantile`` of each unrelated text's highest score under the sides now.
+        """The threshold's floor: ``floor_quantile`` of each unrelated text's highest routed score under the sides now.
 
         The quantile rounds up to a text's score, so with few texts (or 1) it is their maximum.
         """
         sides = self.shards.sides()
         if sides:
-            pool = self._unrelated_pool()
-            lengths = torch.tensor([len(k) for k in pool], device=pool[0].device)
-            text = torch.repeat_interleave(torch.arange(len(pool), device=lengths.device), lengths)  # each token's text
-            top = scores(torch.cat(pool), sides).max(-1).values  # per token
-            highest = top.new_zeros(len(pool)).scatter_reduce(0, text, top, "amax", include_self=False)  # per text
+            highest = self._unrelated_pool().highest(sides, self.shards.side_keys())
             self.unrelated_ceiling = float(torch.quantile(highest, self.hparams.floor_quantile, interpolation="higher"))
 
-    def _unrelated_pool(self) -> list[Float[Tensor, "pos d_mlp"]]:
+    def _unrelated_pool(self) -> UnrelatedPool:
         """Layer L's keys of each unrelated text, computed once per version of the model's weights."""
         version = self.model.weights_version()
-        if self._unrelated_keys is None or self._unrelated_keys[0] != version:
-            self._unrelated_keys = (version, self._keys(self.unrelated))
-        return self._unrelated_keys[1]
+        if self._pool is None or self._pool[0] != version:
+            self._pool = (version, UnrelatedPool(self._keys(self.unrelated)))
+        return self._pool[1]
 
     def _draw_unrelated(self) -> Float[Tensor, "n d_mlp"]:
         """Keys of ``n_unrelated`` unrelated texts, drawn afresh for each edit (seeded by its number)."""
-        pool = self._unrelated_pool()
+        texts = self._unrelated_pool().texts
         picks = random.Random(self.hparams.seed * 1_000_003 + len(self.edit_scores)).sample(
-            range(len(pool)), min(self.hparams.n_unrelated, len(pool))
+            range(len(texts)), min(self.hparams.n_unrelated, len(texts))
         )
-        return torch.cat([pool[i] for i in picks]) if picks else pool[0][:0]
+        return torch.cat([texts[i] for i in picks]) if picks else texts[0][:0]
 
     @torch.no_grad()
     def _keys(self, texts: Sequence[str]) -> list[Float[Tensor, "pos d_mlp"]]:

@@ -3,10 +3,12 @@
 Every shard is a change Δ of the side weights relative to the main weights (float32, as the
 (d_model, d_mlp) view of ``sites.mlp_out``). A shard may change only the entries its mask holds
 (a share ρ of them, drawn at random), so shards trained one after another write mostly
-different entries. When ``shards_per_merge`` shards are complete they are merged with TIES into
-the side memory (``hooklab.merge.ties``, the one implementation merging uses): the first merge
-weighs the shards equally; later ones weigh the new shards 0.4 in all and what was merged
-before 0.6, as the reference implementation does.
+different entries. When ``shards_per_merge`` shards are complete (never, if it is 0) they are
+merged with TIES into the side memory (``hooklab.merge.ties``, the one implementation merging
+uses): the first merge weighs the shards equally; later ones weigh the new shards 0.4 in all and
+what was merged before 0.6, as the reference implementation does. Each side keeps the keys of the
+tokens its edits answer (the merged memory those of every shard merged into it): routing picks a
+token's side by them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class Shard:
     mask: Bool[Tensor, "d_model d_mlp"]
     n_edits: int = 0
     keys: Tensor | None = None  # (n, d_mlp): the edited tokens' keys of the edits trained here
-    values: Tensor | None = None  # (n, d_model): Δ a at those keys when each edit was trained
+    values: Tensor | None = None  # (n, d_model): Δ a at those keys when each edit was trained (replayed while open)
 
     def remember(self, keys: Tensor, values: Tensor) -> None:
         self.keys = keys if self.keys is None else torch.cat([self.keys, keys])
@@ -48,6 +50,7 @@ class Shards:
     """The merged side memory, the completed shards not yet merged, and the shard being trained."""
 
     merged: Tensor | None = None
+    merged_keys: Tensor | None = None  # the keys of every edit in the merged memory
     done: list[Shard] = field(default_factory=list)
     current: Shard | None = None
     n_started: int = 0  # shards begun so far: the next mask's seed offset
@@ -55,10 +58,17 @@ class Shards:
 
     def sides(self) -> list[Float[Tensor, "d_model d_mlp"]]:
         """The changes routing chooses among: the merged memory, completed shards, the current one."""
-        out = [self.merged] if self.merged is not None else []
-        out += [s.delta for s in self.done]
+        return [delta for delta, _ in self._sides()]
+
+    def side_keys(self) -> list[Float[Tensor, "n d_mlp"]]:
+        """The keys each side answers, in the order of :meth:`sides` (and of the edits)."""
+        return [keys for _, keys in self._sides()]
+
+    def _sides(self) -> list[tuple[Tensor, Tensor]]:
+        out = [(self.merged, self.merged_keys)] if self.merged is not None else []
+        out += [(s.delta, s.keys) for s in self.done]
         if self.current is not None and self.current.n_edits:
-            out.append(self.current.delta)
+            out.append((self.current.delta, self.current.keys))
         return out
 
     @property
@@ -77,10 +87,12 @@ class Shards:
         """Complete the current shard once it holds ``edits_per_shard`` edits; merge when enough are complete."""
         if self.current is None or self.current.n_edits < edits_per_shard:
             return
+        self.current.values = None  # replay ends with the shard
         self.done.append(self.current)
         self.current = None
-        if len(self.done) >= shards_per_merge:
+        if shards_per_merge and len(self.done) >= shards_per_merge:
             self.merged = merge([s.delta for s in self.done], self.merged, density)
+            self.merged_keys = torch.cat([k for k in [self.merged_keys, *(s.keys for s in self.done)] if k is not None])
             self.n_merged += sum(s.n_edits for s in self.done)
             self.done = []
 
