@@ -302,8 +302,9 @@ def test_edit_wise_method_and_bad_requests(pico_llama):
         hooklab.compute_edit(model, FACTS[0], method="wise")
 
 
-def test_shards_are_masked_and_merged_with_ties(pico_llama):
-    """One edit per shard, two shards per merge: each shard changes only its mask's entries, then they merge."""
+def test_shards_are_masked_and_merged_with_ties(pico_llama, tmp_path):
+    """One edit per shard, two shards per merge: each shard changes only its mask's entries, then they merge
+    (and the merged side, with both edits' keys, survives a save and load)."""
     model = hooklab.load(pico_llama, device="cpu")
     hp = hparams(model, edits_per_shard=1, shards_per_merge=2, mask_ratio=0.5)
     mem = hooklab.WiseMemory(model, hp, unrelated=UNRELATED)
@@ -316,8 +317,17 @@ def test_shards_are_masked_and_merged_with_ties(pico_llama):
         assert mem.shards.done == [] and mem.shards.current is None and len(mem) == 2
         assert mem.shards.merged is not None and len(mem.shards.sides()) == 1
         assert torch.equal(mem.shards.merged_keys[: len(keys)], keys)  # the merged side answers both edits' keys
+        path = mem.save(tmp_path / "merged.safetensors")
+        expected = logits(model, FACTS[0].text)
     finally:
         mem.detach()
+    loaded = hooklab.WiseMemory.load(model, path)
+    try:
+        assert torch.equal(loaded.shards.merged, mem.shards.merged) and loaded.shards.n_merged == 2
+        assert torch.equal(loaded.shards.merged_keys, mem.shards.merged_keys)
+        assert torch.equal(logits(model, FACTS[0].text), expected)
+    finally:
+        loaded.detach()
 
 
 def test_merge_is_ties_of_the_shards_then_of_the_memory():
