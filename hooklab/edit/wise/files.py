@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 FORMAT = "hooklab-wise"
 VERSION = "4"  # 2: the threshold's floor; 3: its quantile (floor_quantile); 4: every side's keys (routing)
-KEYS = ("merged.keys", "current.keys", "current.values")  # tensors not shaped like the side weights
+NOT_WEIGHT_SHAPED = (".keys", ".values")  # name endings of the tensors not shaped like the side weights
 
 
 def save_memory(memory: WiseMemory, path: str | os.PathLike) -> Path:
@@ -76,7 +76,7 @@ def load_memory(cls: type[WiseMemory], model: HookedModel, path: str | os.PathLi
     shape = tuple(memory.site.weight.shape)
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         names = set(f.keys())
-        for name in {n for n in names if n not in KEYS and not n.endswith(".keys")}:
+        for name in {n for n in names if not n.endswith(NOT_WEIGHT_SHAPED)}:
             if tuple(f.get_slice(name).get_shape()) != shape:
                 raise EditMismatchError(
                     f"{path}: tensor {name} has shape {tuple(f.get_slice(name).get_shape())}, but layer "

@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from hooklab.edit.wise.router import Sides, unit
+from hooklab.edit.wise.router import Sides, part_of, unit
 
 
 class UnrelatedPool:
@@ -24,8 +24,7 @@ class UnrelatedPool:
         self.texts = list(texts)
         self.keys = torch.cat(self.texts)  # (n, d_mlp): every token of every text
         device = self.keys.device
-        self.text_of = torch.repeat_interleave(torch.arange(len(texts), device=device),
-                                               torch.tensor([len(t) for t in texts], dtype=torch.long, device=device))  # fmt: skip
+        self.text_of = part_of(self.texts)  # each token's text
         self._unit = unit(self.keys)
         self._similarity = torch.full((len(self.keys),), -torch.inf, device=device)  # to the nearest stored key
         self._nearest = torch.zeros(len(self.keys), dtype=torch.long, device=device)  # its index
@@ -42,7 +41,8 @@ class UnrelatedPool:
         A memory's keys are only ever appended (in edit order), so those beyond the ones seen
         before are the new edits'; a side is rescored when its change is another tensor.
         """
-        sides, stored = Sides(deltas, keys, torch.float32), torch.cat(list(keys))
+        sides = Sides(deltas, keys, torch.float32)
+        stored = torch.cat(sides.keys)
         if len(stored) < self._seen:  # not the memory this pool followed: start over
             self.__init__(self.texts)
         new = stored[self._seen :]

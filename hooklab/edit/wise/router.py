@@ -17,7 +17,7 @@ attached: without one, nothing runs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, cached_property
 
 import torch
 from jaxtyping import Float, Int
@@ -45,19 +45,29 @@ def unit(keys: Float[Tensor, "n d_mlp"]) -> Float[Tensor, "n sketch"]:
     return nn.functional.normalize(keys, dim=-1)
 
 
+def part_of(parts: Sequence[Tensor]) -> Int[Tensor, " n"]:
+    """For the rows of ``torch.cat(parts)``: the index of the part each came from."""
+    device = parts[0].device if parts else None
+    lengths = torch.tensor([len(p) for p in parts], dtype=torch.long, device=device)
+    return torch.repeat_interleave(torch.arange(len(parts), device=device), lengths)
+
+
 class Sides:
     """The memory's side changes with the keys each one answers, ready to route tokens."""
 
     def __init__(self, deltas: Sequence[Float[Tensor, "d_model d_mlp"]], keys: Sequence[Float[Tensor, "n d_mlp"]],
                  dtype: torch.dtype):  # fmt: skip
         self.deltas = [d.to(dtype) for d in deltas]
-        self.stored = unit(torch.cat(list(keys))) if deltas else None  # (N, sketch)
-        device = self.stored.device if deltas else None
-        lengths = torch.tensor([len(k) for k in keys], dtype=torch.long, device=device)
-        self.owner = torch.repeat_interleave(torch.arange(len(keys), device=device), lengths)  # (N,): each key's side
+        self.keys = list(keys)
+        self.owner = part_of(self.keys)  # (N,): each stored key's side
 
     def __len__(self) -> int:
         return len(self.deltas)
+
+    @cached_property
+    def stored(self) -> Float[Tensor, "N sketch"]:
+        """The stored keys as compared (computed on first use: the floor's pool needs only the sides' changes)."""
+        return unit(torch.cat(self.keys))
 
     def nearest(self, keys: Float[Tensor, "n d_mlp"]) -> Int[Tensor, " n"]:
         """The index of the stored key most like each of ``keys`` (cosine in the projection)."""
