@@ -22,6 +22,7 @@ from torch import Tensor
 
 from hooklab import sites
 from hooklab.errors import UnsupportedArchitectureError
+from hooklab.loading.kv_cache import CACHE_ARGUMENTS, cache_argument
 from hooklab.model import HookedModel
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 # Block arguments that run along the positions, and the axis to slice for a suffix p0..T-1.
 _POSITIONAL = {"position_ids": -1, "cache_position": -1}
 # Arguments the stack sets itself on every call.
-_OWN = ("past_key_values", "layer_past", "use_cache", "output_attentions")
+_OWN = (*CACHE_ARGUMENTS, "use_cache", "output_attentions")
 
 
 class KVRecorder:
@@ -169,8 +170,7 @@ def _as_kwargs(model: HookedModel, layer: int, args: tuple, kwargs: dict) -> dic
 
 
 def _cache_argument(model: HookedModel) -> str | None:
-    params = inspect.signature(model.bridge.blocks[0].original_component.forward).parameters
-    return next((name for name in ("past_key_values", "layer_past") if name in params), None)
+    return cache_argument(model.bridge.blocks[0].original_component.forward)
 
 
 def _is_unknown_positional(key: str, value: Any) -> bool:
