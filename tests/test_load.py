@@ -107,13 +107,24 @@ def test_fingerprint_stable_and_sensitive(pico, tmp_path, copy_of):
     assert hooklab.load(other, device="cpu").fingerprint != before
 
 
-def test_generate_greedy_matches_hf(pico_llama):
-    model = hooklab.load(pico_llama, device="cpu")
-    ref, tok = hf_reference(pico_llama)
-    ids = tok(PROMPTS[0], return_tensors="pt").input_ids
-    expected = ref.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
-    text = tok.decode(expected[0, ids.shape[1] :], skip_special_tokens=True)
-    assert model.generate(PROMPTS[0], max_new_tokens=6) == text
+def test_generate_greedy_matches_hf(pico):
+    """Token for token HF's greedy decoding (the KV cache reaching every attention), with hooks firing."""
+    model = hooklab.load(pico, device="cpu")
+    ref, tok = hf_reference(pico)
+    for prompt in PROMPTS:
+        ids = tok(prompt, return_tensors="pt").input_ids
+        expected = ref.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+        )  # fmt: skip
+        calls = []
+        with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: calls.append(x.shape[1]))]):
+            text = model.generate(prompt, max_new_tokens=12)
+        assert text == tok.decode(expected[0, ids.shape[1] :], skip_special_tokens=True)
+        new_tokens = expected.shape[1] - ids.shape[1]
+        # One forward per new token; each after the first runs only the newest position, the
+        # earlier ones' keys and values coming from the cache.
+        assert calls == [ids.shape[1]] + [1] * (new_tokens - 1)
 
 
 def test_placement_single_device(pico):
