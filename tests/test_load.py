@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -118,8 +120,11 @@ def test_generate_greedy_matches_hf(pico):
             eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
         )  # fmt: skip
         calls = []
-        with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: calls.append(x.shape[1]))]):
-            text = model.generate(prompt, max_new_tokens=12)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: calls.append(x.shape[1]))]):
+                text = model.generate(prompt, max_new_tokens=12)
+        assert not [w for w in caught if "past_key_values" in str(w.message)]  # each layer gets the name it takes
         assert text == tok.decode(expected[0, ids.shape[1] :], skip_special_tokens=True)
         new_tokens = expected.shape[1] - ids.shape[1]
         # One forward per new token; each after the first runs only the newest position, the

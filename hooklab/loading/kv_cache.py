@@ -5,7 +5,9 @@ transformers 5.24 renamed the cache argument of its layers from ``past_key_value
 attention called with ``cache=`` silently ignores it: each token attends to the tokens of its own
 call alone (a prefix run once and reused, or generation with a KV cache, then go wrong). A
 forward pre-hook on each attention bridge renames the argument back; with a transformers that
-still says ``past_key_values`` it finds nothing to rename.
+still says ``past_key_values`` it finds nothing to rename. The other way round, the bridge hands
+the whole HF model ``past_key_values`` (generation, a prefix run once), which that transformers
+takes with a deprecation warning: a pre-hook on the HF model gives it the new name.
 """
 
 from __future__ import annotations
@@ -20,22 +22,26 @@ from transformer_lens.model_bridge.generalized_components import AttentionBridge
 CACHE_ARGUMENTS = ("cache", "past_key_values", "layer_past")
 
 
-def _rename(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
-    if "cache" in kwargs and "past_key_values" not in kwargs:
-        kwargs = dict(kwargs)
-        kwargs["past_key_values"] = kwargs.pop("cache")
-    return args, kwargs
+def _renaming(old: str, new: str):
+    def rename(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        if old in kwargs and new not in kwargs:
+            kwargs = dict(kwargs)
+            kwargs[new] = kwargs.pop(old)
+        return args, kwargs
+
+    return rename
 
 
-def hand_cache_to_attention(bridge: nn.Module) -> int:
-    """Install the renaming hook on every attention bridge of ``bridge``; returns how many.
+def hand_cache_over(bridge: nn.Module, hf_model: nn.Module) -> None:
+    """Install the renaming hooks on every attention bridge of ``bridge`` and on ``hf_model``.
 
     The hooks are part of the loaded model, like its weights: they stay for its lifetime.
     """
-    attentions = [m for m in bridge.modules() if isinstance(m, AttentionBridge)]
-    for module in attentions:
-        module.register_forward_pre_hook(_rename, with_kwargs=True)
-    return len(attentions)
+    for module in bridge.modules():
+        if isinstance(module, AttentionBridge):
+            module.register_forward_pre_hook(_renaming("cache", "past_key_values"), with_kwargs=True)
+    if cache_argument(hf_model.forward) == "cache":
+        hf_model.register_forward_pre_hook(_renaming("past_key_values", "cache"), with_kwargs=True)
 
 
 def cache_argument(forward: Any) -> str | None:

@@ -23,7 +23,7 @@ from hooklab.errors import MissingTokenizerError, PlacementError
 from hooklab.loading.checkpoint import open_checkpoint
 from hooklab.loading.dtypes import resolve_dtype
 from hooklab.loading.gguf import gguf_config, read_gguf
-from hooklab.loading.kv_cache import hand_cache_to_attention
+from hooklab.loading.kv_cache import hand_cache_over
 from hooklab.loading.placement import (
     DeviceLike,
     MaxMemory,
@@ -217,7 +217,7 @@ def _bridge(src: Source, hf_model: PreTrainedModel, tokenizer, placement: Placem
         device=placement.devices[placement.first],
         dtype=next(hf_model.parameters()).dtype,
     )
-    hand_cache_to_attention(bridge)
+    hand_cache_over(bridge, hf_model)
     # Tokenize as the model's own tokenizer does, so hooklab, TL and HF see the same tokens.
     probe = tokenizer("a").input_ids
     bridge.cfg.default_prepend_bos = tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
