@@ -208,9 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="hooklab-demo-logit-lens.png", help="where to save the plot")
     p.set_defaults(run=demo)
 
-    p = jobs.add_parser("edit", help="compute a ROME or MEMIT edit and save it as a .safetensors file")
+    from hooklab.edit import registry
+
+    p = jobs.add_parser("edit", help="compute a weight-update edit (ROME, MEMIT, ...) and save it as a .safetensors file")
     _edit_inputs(p)
-    p.add_argument("--method", choices=["rome", "memit"], default="rome")
+    p.add_argument("--method", choices=registry.names(updates_only=True), default="rome",
+                   help="; ".join(f"{n}: {registry.get(n).summary}" for n in registry.names(updates_only=True)))
     p.add_argument("--out", required=True, help="the edit file to write")
     p.add_argument("--stats", required=True, help="text corpus for the MLP key statistics (collected once, cached)")
     p.set_defaults(run=edit_cmd)

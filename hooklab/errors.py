@@ -62,6 +62,10 @@ class EditRequestError(HooklabError, ValueError):
     """An edit request that cannot be carried out (subject not in the prompt, empty target, ...)."""
 
 
+class EditMethodError(HooklabError, ValueError):
+    """An edit method that is not registered, or an entry for the registry that cannot work."""
+
+
 class EditSolveError(HooklabError):
     """An edit whose solve failed numerically (a singular system, NaN or infinite values)."""
 

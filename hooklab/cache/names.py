@@ -7,25 +7,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from hooklab import sites
-from hooklab.errors import HookNameError, LayerIndexError, UnsupportedHookError
+from hooklab.errors import HookNameError, UnsupportedHookError
+from hooklab.layers import check_layers
 
 if TYPE_CHECKING:
     from hooklab.model import HookedModel
 
 DEFAULT_HOOK = "hook_resid_post"
-
-
-def check_layers(model: HookedModel, layers: Iterable[int]) -> list[int]:
-    """The layers as a list, each checked to exist."""
-    n_layers = model.cfg.n_layers
-    layers = [int(layer) for layer in layers]
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad:
-        raise LayerIndexError(
-            f"layer(s) {bad} out of range: the model has layers 0..{n_layers - 1} "
-            "(count from 0; write n_layers - 1 for the last)."
-        )
-    return layers
 
 
 def resolve_hooks(
@@ -42,7 +30,7 @@ def resolve_hooks(
         ['blocks.3.hook_resid_post', 'blocks.4.hook_resid_post', 'blocks.3.mlp.out.hook_in', ...]
     """
     hook_dict = model.hook_dict
-    layers = check_layers(model, range(model.cfg.n_layers) if layers is None else layers)
+    layers = check_layers(range(model.cfg.n_layers) if layers is None else layers, model.cfg.n_layers)
     if names is None:
         names = [DEFAULT_HOOK]
     elif isinstance(names, str):
@@ -86,7 +74,7 @@ def layer_filter(
     Without ``names_filter``, hooks TransformerLens leaves switched off (``attn.hook_result``
     until ``set_use_attn_result(True)``, ...) are left out, as a full cache leaves them out.
     """
-    wanted = set(check_layers(model, layers))
+    wanted = set(check_layers(layers, model.cfg.n_layers))
     if names_filter is None:
         also: Callable[[str], bool] = lambda name: model.bridge._gated_hook_reason(name) is None  # noqa: E731
     elif isinstance(names_filter, str):

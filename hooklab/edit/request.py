@@ -7,7 +7,7 @@ is where ROME and MEMIT look the fact up, so the prompt must contain the subject
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -78,6 +78,31 @@ class EditRequest:
         return cls(**data)
 
 
+Requests = EditRequest | Mapping[str, str] | Sequence[EditRequest | Mapping[str, str]]
+
+
+def as_requests(requests: Requests) -> list[EditRequest]:
+    """One request or several (``EditRequest`` or dicts with prompt, subject, target) as a list.
+
+    A batch that asks for two targets of the same prompt and subject is refused: no update can
+    make both true. (Editing a fact again in a later batch is allowed: the later edit wins.)
+    """
+    if isinstance(requests, (EditRequest, Mapping)):
+        requests = [requests]
+    out = [r if isinstance(r, EditRequest) else EditRequest.from_dict(r) for r in requests]
+    if not out:
+        raise EditRequestError("no edit requests given.")
+    seen: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(out):
+        j = seen.setdefault((r.prompt, r.subject), i)
+        if out[j].target != r.target:
+            raise EditRequestError(
+                f"requests {j} and {i} give {r.prompt.format(r.subject)!r} two targets ({out[j].target!r} and "
+                f"{r.target!r}); keep one, or edit them in two batches one after the other (the later one wins)."
+            )
+    return out
+
+
 def requests_from_counterfact(records: Iterable[Mapping[str, Any]]) -> list[EditRequest]:
     """One request per CounterFact record: its rewrite prompt, subject and ``target_new``."""
 
@@ -85,15 +110,15 @@ def requests_from_counterfact(records: Iterable[Mapping[str, Any]]) -> list[Edit
         rewrite = r["requested_rewrite"]
         return rewrite["prompt"], rewrite["subject"], rewrite["target_new"]["str"]
 
-    return _requests(records, fields, "CounterFact", "the ROME schema: requested_rewrite.{prompt, subject, target_new.str}")
+    return _from_records(records, fields, "CounterFact", "the ROME schema: requested_rewrite.{prompt, subject, target_new.str}")
 
 
 def requests_from_zsre(records: Iterable[Mapping[str, Any]]) -> list[EditRequest]:
     """One request per zsRE record: the question ``src`` answered with ``alt`` (as EasyEdit and WISE edit)."""
-    return _requests(records, lambda r: (r["src"], r["subject"], r["alt"]), "zsRE", "the MEND format: subject, src, alt")
+    return _from_records(records, lambda r: (r["src"], r["subject"], r["alt"]), "zsRE", "the MEND format: subject, src, alt")
 
 
-def _requests(records: Iterable[Mapping[str, Any]], fields, name: str, schema: str) -> list[EditRequest]:
+def _from_records(records: Iterable[Mapping[str, Any]], fields, name: str, schema: str) -> list[EditRequest]:
     requests = []
     for i, record in enumerate(records):
         try:

@@ -9,12 +9,15 @@ For each layer l of the window, in order, with the updates of the layers before 
 so each layer takes an equal share of what remains (Meng et al. 2023, eq. 14 and Alg. 1). λ is
 ``hp.update_weight(N)``: fixed up to ``mom2_batch_scale`` requests, in proportion to N beyond. The
 earlier layers' updates act through hooks, so the weights are never written while computing.
+
+The last step, keys and residuals to the layer's update, is the ``solve`` argument of
+:func:`memit`: a MEMIT variant (another objective for ΔW) is a new solve, not a copy of the loop.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from jaxtyping import Float
@@ -24,7 +27,7 @@ from hooklab import sites
 from hooklab.edit.activations import read_at, update_hooks
 from hooklab.edit.contexts import context_templates
 from hooklab.edit.deltas import Update
-from hooklab.edit.hparams import MemitHparams
+from hooklab.edit.memit.hparams import MemitHparams
 from hooklab.edit.memit.compute_ks import compute_ks
 from hooklab.edit.memit.compute_z import compute_z
 from hooklab.edit.request import EditRequest
@@ -34,14 +37,28 @@ from hooklab.model import HookedModel
 
 log = logging.getLogger(__name__)
 
+# (layer, keys K (N, d_mlp), residual share R (N, d_model), C on the layer's device) -> (left, right) factors of ΔW
+Solve = Callable[[int, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
 
 def memit(
     model: HookedModel,
     requests: Sequence[EditRequest],
     hp: MemitHparams,
     second_moments: Mapping[int, Tensor],
+    solve: Solve | None = None,
 ) -> tuple[dict[int, Update], dict]:
-    """Updates of ``hp.layers`` (rank ≤ len(requests) each) and notes on how they were made."""
+    """Updates of ``hp.layers`` (rank ≤ len(requests) each) and notes on how they were made.
+
+    ``solve`` turns one layer's keys and residual share into its update; default MEMIT's
+    :func:`solve_update` with λ = ``hp.update_weight(len(requests))``.
+    """
+    if solve is None:
+        weight = hp.update_weight(len(requests))
+
+        def solve(layer: int, keys: Tensor, resid: Tensor, moment: Tensor) -> tuple[Tensor, Tensor]:
+            return solve_update(keys, resid, moment, weight)
+
     templates = context_templates(model, hp.context_lengths, seed=hp.seed)
     z_layer = hp.layers[-1]
     zs, values = compute_z(model, requests, z_layer, templates, hp)  # (N, d_model)
@@ -57,7 +74,7 @@ def memit(
         resid = (zs - now[z_name].float()).to(device)  # (N, d_model)
         log.info("MEMIT layer %d: mean ‖z − h‖ %.3g over %d request(s)", layer, float(resid.norm(dim=1).mean()), len(requests))
         moment = second_moments[layer].to(device)  # on the device for this solve only
-        left, right = solve_update(keys, resid / (len(hp.layers) - i), moment, hp.update_weight(len(requests)))
+        left, right = solve(layer, keys, resid / (len(hp.layers) - i), moment)
         del moment
         updates[layer] = Update.from_factors(layer, left, right)
     return updates, {"templates": templates, "target_prob": values.prob.tolist()}

@@ -11,17 +11,19 @@ same for every model size: no larger model has been tuned here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING
 
-from hooklab.edit.hparams import _Hparams
+from hooklab.edit.hparams import Hparams
 from hooklab.errors import HparamsError
-from hooklab.model import HookedModel
+
+if TYPE_CHECKING:
+    from hooklab.model import HookedModel
 
 DEPTH = 0.5  # the side memory's relative depth: layer 15 of SmolLM2's 30, 16 of LLaMA-2-7B's 32
 
 
 @dataclass(frozen=True)
-class WiseHparams(_Hparams):
+class WiseHparams(Hparams):
     """WISE (Wang et al. 2024): a side copy of one MLP output projection, trained in shards.
 
     Attributes:
@@ -51,7 +53,6 @@ class WiseHparams(_Hparams):
         seed: masks, prefixes and the draw of unrelated texts.
     """
 
-    method: ClassVar[str] = "wise"
     layer: int
     mask_ratio: float = 0.5
     edit_lr: float = 0.02
@@ -77,8 +78,7 @@ class WiseHparams(_Hparams):
 
     def check(self, n_layers: int) -> None:
         """Raise unless the layer exists and every number is in range."""
-        if not 0 <= self.layer < n_layers:
-            raise HparamsError(f"layer {self.layer} is out of range: the model has layers 0..{n_layers - 1}.")
+        super().check(n_layers)
         bad = [n for n in ("edit_lr", "n_iter", "act_ratio", "norm_constraint", "edits_per_shard") if getattr(self, n) <= 0]
         bad += [n for n in ("alpha", "gamma", "n_unrelated", "replay", "stop_ce", "shards_per_merge") if getattr(self, n) < 0]
         if not 0 < self.mask_ratio <= 1:

@@ -25,7 +25,7 @@ from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from hooklab import sites
 from hooklab.edit.contexts import context_templates
-from hooklab.edit.request import EditRequest
+from hooklab.edit.request import EditRequest, Requests, as_requests
 from hooklab.edit.tokens import pad_id, pad_right
 from hooklab.edit.wise.files import load_memory, save_memory
 from hooklab.edit.wise.hparams import WiseHparams
@@ -66,7 +66,7 @@ class WiseMemory:
         *,
         unrelated: Sequence[str] | None = None,
     ):
-        hp = _hparams(model, hparams)
+        hp = WiseHparams.resolve(model, hparams)
         hp.check(model.cfg.n_layers)
         if unrelated is None:
             tokens, count = UNRELATED_TEXTS
@@ -164,15 +164,13 @@ class WiseMemory:
 
     # -- editing ------------------------------------------------------------------------------------
 
-    def add(self, requests: EditRequest | Mapping[str, str] | Sequence[EditRequest | Mapping[str, str]]) -> WiseMemory:
+    def add(self, requests: Requests) -> WiseMemory:
         """Train edits into the memory one after another (the lifelong setting); returns the memory.
 
         Each edit is trained into the current shard; when it fails (NaN or infinite loss), an
         :class:`EditSolveError` is raised and the memory keeps what it had before that edit.
         """
-        from hooklab.edit.main import _requests
-
-        requests = _requests(requests)
+        requests = as_requests(requests)
         self._check_model()
         was = self.is_attached
         self.detach()  # the edit is trained against the main weights at the side layer
@@ -289,14 +287,3 @@ class WiseMemory:
         keys = found[0]
         return [keys[i, : len(r)].to(self.site.device) for i, r in enumerate(rows)]
 
-
-def _hparams(model: HookedModel, hparams: WiseHparams | Mapping[str, Any] | str | os.PathLike | None) -> WiseHparams:
-    if hparams is None:
-        return WiseHparams.for_model(model)
-    if isinstance(hparams, WiseHparams):
-        return hparams
-    if isinstance(hparams, Mapping):
-        return WiseHparams.from_dict(dict(hparams))
-    if isinstance(hparams, (str, os.PathLike)):
-        return WiseHparams.from_file(hparams)
-    raise HparamsError(f"WISE takes WiseHparams, a dict or a file, got {type(hparams).__name__}.")

@@ -1,0 +1,24 @@
+"""Layer indices as users give them: the one check that they exist in the model."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+
+from hooklab.errors import HooklabError, LayerIndexError
+
+
+def check_layers(layers: Iterable[int], n_layers: int, error: type[HooklabError] = LayerIndexError) -> list[int]:
+    """``layers`` as a list of ints, or ``error`` naming those not in 0..n_layers-1."""
+    out, bad = [], []
+    for layer in layers:
+        try:
+            index = None if isinstance(layer, bool) else operator.index(layer)  # numpy ints too, never 2.0
+        except TypeError:
+            index = None
+        (out if index is not None and 0 <= index < n_layers else bad).append(layer if index is None else index)
+    if bad:
+        which = f"layer {bad[0]!r} is" if len(bad) == 1 else f"layers {bad} are"
+        raise error(f"{which} out of range: the model has layers 0..{n_layers - 1} (count from 0; "
+                    "write n_layers - 1 for the last).")  # fmt: skip
+    return out
