@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from hooklab.errors import CollectArgumentError, EmptyCorpusError
+from hooklab.errors import CollectArgumentError, CorpusEncodingError, EmptyCorpusError
 
 Data = str | os.PathLike | Sequence[str] | Tensor
 DEFAULT_PACKED_LENGTH = 512
@@ -155,10 +155,22 @@ class Corpus:
         return 0
 
     def _lines(self) -> Iterator[str]:
+        number = 0
         with open(self.data, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    yield line.rstrip("\n")
+            try:
+                for number, line in enumerate(f, 1):
+                    if "\0" in line:
+                        raise CorpusEncodingError(
+                            f"{self.data} holds NUL bytes (line {number}): it is binary, not text. Pass a UTF-8 "
+                            "text file (one document a line), a list of strings or a tensor of token ids."
+                        )
+                    if line.strip():
+                        yield line.rstrip("\n")
+            except UnicodeDecodeError as e:
+                raise CorpusEncodingError(
+                    f"{self.data} is not UTF-8 text (after line {number}: {e.reason}). Convert it to UTF-8 "
+                    "(e.g. iconv -f latin1 -t utf-8), or pass a list of strings or a tensor of token ids."
+                ) from None
 
     def _token_lists(self) -> Iterator[list[int]]:
         """Each document's token ids, tokenized in chunks as they are needed."""
