@@ -155,7 +155,6 @@ class Corpus:
         return 0
 
     def _lines(self) -> Iterator[str]:
-        number = 0
         with open(self.data, encoding="utf-8") as f:
             try:
                 for number, line in enumerate(f, 1):
@@ -166,9 +165,9 @@ class Corpus:
                         )
                     if line.strip():
                         yield line.rstrip("\n")
-            except UnicodeDecodeError as e:
+            except UnicodeDecodeError:
                 raise CorpusEncodingError(
-                    f"{self.data} is not UTF-8 text (after line {number}: {e.reason}). Convert it to UTF-8 "
+                    f"{self.data} is not UTF-8 text ({_first_undecodable(self.data)}). Convert it to UTF-8 "
                     "(e.g. iconv -f latin1 -t utf-8), or pass a list of strings or a tensor of token ids."
                 ) from None
 
@@ -228,6 +227,19 @@ class Corpus:
         if self.kind == "texts":
             return f"the list has {len(self.data)} string(s), all empty."
         return f"the tensor has shape {tuple(self.data.shape)}."
+
+
+def _first_undecodable(path: Path) -> str:
+    """Where a file first fails to decode as UTF-8 (a newline byte never occurs inside a UTF-8 character)."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return f"line {number}, byte {offset + e.start}: {e.reason}"
+            offset += len(raw)
+    return "it does not decode"
 
 
 def _batches(
