@@ -65,7 +65,8 @@ def read_metadata(
     """The metadata of ``path``, checked to say ``format=fmt`` (and ``version``) and to hold ``required``."""
     path = Path(path)
     if not path.is_file():
-        raise error(f"no {what} at {path} ({'a folder' if path.is_dir() else 'no such file'}); give the path of a {what}.")
+        found = "a folder" if path.is_dir() else "no such file"
+        raise error(f"no {what} at {path} ({found}); give the path of a {what}.")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -81,7 +82,9 @@ def read_metadata(
     return meta
 
 
-def json_field(meta: Mapping[str, str], key: str, path: str | os.PathLike, error: type[HooklabError], kind: type | tuple) -> Any:
+def json_field(
+    meta: Mapping[str, str], key: str, path: str | os.PathLike, error: type[HooklabError], kind: type | tuple
+) -> Any:
     """Metadata field ``key`` parsed as JSON and checked to be a ``kind``."""
     try:
         value = json.loads(meta[key])
@@ -90,7 +93,9 @@ def json_field(meta: Mapping[str, str], key: str, path: str | os.PathLike, error
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):  # JSON true is no number
         names = " or ".join(k.__name__ for k in kinds)
-        raise error(f"{path}: metadata {key!r} is {type(value).__name__}, not {names}; the file is damaged. Write it again.")
+        raise error(
+            f"{path}: metadata {key!r} is {type(value).__name__}, not {names}; the file is damaged. Write it again."
+        )
     return value
 
 

@@ -44,7 +44,9 @@ def header_bytes(name: str, dtype: torch.dtype, shape: tuple[int, ...], rows: in
     }
     text = json.dumps(header).encode()
     if len(text) > HEADER_BYTES - 8:
-        raise OutputDirError(f"the header of {stream_file(name)} does not fit in {HEADER_BYTES} bytes; use a shorter name")
+        raise OutputDirError(
+            f"the header of {stream_file(name)} does not fit in {HEADER_BYTES} bytes; use a shorter hook name"
+        )
     return (HEADER_BYTES - 8).to_bytes(8, "little") + text.ljust(HEADER_BYTES - 8, b" ")
 
 
@@ -84,8 +86,8 @@ def _inconsistency(m: dict) -> str | None:
     def count(x: object) -> bool:
         return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
-    if not (isinstance(m.get("plan"), dict) and isinstance(m.get("streams"), dict) and isinstance(m.get("rows"), dict)
-            and isinstance(m.get("files"), list) and count(m.get("shards")) and isinstance(m.get("complete"), bool)):  # fmt: skip
+    kinds = {"plan": dict, "streams": dict, "rows": dict, "files": list, "complete": bool}
+    if not (all(isinstance(m.get(key), kind) for key, kind in kinds.items()) and count(m.get("shards"))):
         return "it lacks plan, streams, rows, files, shards or complete"
     if m["shards"] != len(m["files"]):
         return f"shards says {m['shards']} but files lists {len(m['files'])}"
@@ -99,7 +101,7 @@ def _inconsistency(m: dict) -> str | None:
             return f"shard {k} is not a mapping"
         for name, end in shard.items():
             spec = m["streams"].get(name)
-            if spec is None or not isinstance(end, dict) or not count(end.get("rows")) or not isinstance(end.get("crc32"), str):
+            if not (spec and isinstance(end, dict) and count(end.get("rows")) and isinstance(end.get("crc32"), str)):
                 return f"shard {k} records {name!r} without a stream, rows or checksum"
             if end.get("bytes") != HEADER_BYTES + end["rows"] * row_bytes(spec) or end["rows"] < rows.get(name, 0):
                 return f"shard {k} records {end['rows']} rows of {name!r} in {end.get('bytes')} bytes"
@@ -139,7 +141,8 @@ def check_files(out: Path, manifest: dict, *, full: bool = False) -> list[Damage
             continue
         short = next(((k, end["bytes"]) for k, end in ends if end["bytes"] > size), None)
         if short is not None:
-            damage.append(Damage(path, f"is truncated: it has {size} bytes, but shard {short[0]} ends at byte {short[1]}", short[0]))
+            problem = f"is truncated: it has {size} bytes, but shard {short[0]} ends at byte {short[1]}"
+            damage.append(Damage(path, problem, short[0]))
             continue
         last = ends[-1][1]
         if complete and size != last["bytes"]:
@@ -193,6 +196,7 @@ def describe(out: Path, damage: list[Damage]) -> str:
     """One message for all that is wrong in ``out``, with the fix."""
     what = "; ".join(f"{d.path.name} {d.problem}" for d in damage)
     return (
-        f"the activations in {out} are damaged: {what}. Rerun the collect call that wrote them (same data and "
-        f"settings, out={str(out)!r}): it redoes the damaged shards and keeps the rest. Or delete {out} and collect again."
+        f"the activations in {out} are damaged: {what}. Rerun the collect call that wrote them (same data "
+        f"and settings, out={str(out)!r}): it redoes the damaged shards and keeps the rest. Or delete {out} and "
+        "collect again."
     )

@@ -35,6 +35,7 @@ from hooklab.model import HookedModel
 log = logging.getLogger(__name__)
 FORMAT = "hooklab-edit"
 VERSION = "1"
+DAMAGED = "the file is damaged or was not written by hooklab; save the edit again (Edit.save) or recompute it"
 
 
 @dataclass(frozen=True)
@@ -222,8 +223,9 @@ class Edit:
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """An edit file's metadata, checked to be one (nothing else is read)."""
+    required = ("method", "layers", "base_fingerprint", "hparams", "requests")
     return tensorfiles.read_metadata(path, fmt=FORMAT, what="edit file", error=EditFileError, version=VERSION,
-                                     required=("method", "layers", "base_fingerprint", "hparams", "requests"))  # fmt: skip
+                                     required=required)  # fmt: skip
 
 
 def apply_edit(model: HookedModel, path: str | os.PathLike) -> Edit:
@@ -266,7 +268,7 @@ def _load(path: str | os.PathLike, devices: Mapping[int, torch.device] | None, m
         else:
             expected[f"layers.{layer}.left"] = TensorSpec(("d_model", "requests"))
             expected[f"layers.{layer}.right"] = TensorSpec(("d_mlp", "requests"))
-    fix = "the file is damaged or was not written by hooklab; save the edit again"
+    fix = DAMAGED
     if model is not None:
         fix = "the file is damaged or for another model; apply it to the model it was made for"
     tensorfiles.check_tensors(path, expected, error=EditFileError, dims=dims, fix=fix)
@@ -299,20 +301,25 @@ def _header(meta: dict[str, str], path: str | os.PathLike) -> tuple[str, list[in
     """Method, layers, requests and hparams of an edit file, checked to agree with each other."""
     method = meta["method"]
     if method not in HPARAMS:
-        raise EditFileError(f"{path} holds an edit of method {method!r}; edit files hold {' or '.join(HPARAMS)} updates.")
+        raise EditFileError(f"{path} holds an edit of method {method!r}; edit files hold {' or '.join(HPARAMS)} "
+                            f"updates, so {DAMAGED}.")  # fmt: skip
     layers = tensorfiles.json_field(meta, "layers", path, EditFileError, list)
     if not layers or not all(type(x) is int for x in layers) or len(set(layers)) != len(layers):
-        raise EditFileError(f"{path}: metadata 'layers' must list distinct layer numbers, got {layers}; the file is damaged.")
+        raise EditFileError(f"{path}: metadata 'layers' must list distinct layer numbers, got {layers}; {DAMAGED}.")
     hparams = tensorfiles.json_field(meta, "hparams", path, EditFileError, dict)
     try:
         edit_layers = HPARAMS[method].from_dict(hparams).edit_layers
     except HooklabError as e:
-        raise EditFileError(f"{path}: its hparams are not {method}'s ({e}); the file is damaged.") from None
+        raise EditFileError(f"{path}: its hparams are not {method}'s ({e}); {DAMAGED}.") from None
     if sorted(edit_layers) != sorted(layers):
-        raise EditFileError(f"{path} lists layers {layers}, but its {method} hparams edit {list(edit_layers)}; the file is damaged.")
+        raise EditFileError(
+            f"{path} lists layers {layers}, but its {method} hparams edit {list(edit_layers)}; {DAMAGED}."
+        )
     raw = tensorfiles.json_field(meta, "requests", path, EditFileError, list)
     try:
         requests = [EditRequest.from_dict(r) for r in raw]
     except (HooklabError, TypeError) as e:
-        raise EditFileError(f"{path}: metadata 'requests' holds something other than edit requests ({e}); the file is damaged.") from None
+        raise EditFileError(
+            f"{path}: metadata 'requests' holds something other than edit requests ({e}); {DAMAGED}."
+        ) from None
     return method, sorted(layers), requests, hparams

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 FORMAT = "hooklab-wise"
 VERSION = "4"  # 2: the threshold's floor; 3: its quantile (floor_quantile); 4: every side's keys (routing)
+DAMAGED = "the file is damaged or was not written by hooklab; save the memory again (WiseMemory.save)"
 
 
 def save_memory(memory: WiseMemory, path: str | os.PathLike) -> Path:
@@ -80,18 +81,22 @@ def load_memory(cls: type[WiseMemory], model: HookedModel, path: str | os.PathLi
         hparams = WiseHparams.from_dict(field("hparams", dict))
         hparams.check(model.cfg.n_layers)
     except HparamsError as e:
-        raise WiseMemoryError(f"{path}: its hparams do not fit this model ({e}); the file is damaged or for another model.") from None
+        raise WiseMemoryError(
+            f"{path}: its hparams do not fit this model ({e}); {DAMAGED}, or it is for another model."
+        ) from None
     counts = _counts(field("shard_edits", dict), path)
     texts = {key: field(key, list) for key in ("templates", "unrelated", "requests", "edit_scores")}
     numbers = {key: field(key, (int, float)) for key in ("unrelated_ceiling", "seconds")}
     if not all(isinstance(t, str) for key in ("templates", "unrelated") for t in texts[key]) or not all(
         isinstance(x, (int, float)) and not isinstance(x, bool) for x in texts["edit_scores"]
     ):
-        raise WiseMemoryError(f"{path}: its templates, unrelated texts or edit scores are malformed; the file is damaged.")
+        raise WiseMemoryError(f"{path}: its templates, unrelated texts or edit scores are malformed; {DAMAGED}.")
     try:
         requests = [EditRequest.from_dict(r) for r in texts["requests"]]
     except (HooklabError, TypeError) as e:
-        raise WiseMemoryError(f"{path}: metadata 'requests' holds something other than edit requests ({e}).") from None
+        raise WiseMemoryError(
+            f"{path}: metadata 'requests' holds something other than edit requests ({e}); {DAMAGED}."
+        ) from None
     d_model, d_mlp = sites.mlp_out(model, hparams.layer).weight.shape
     check_tensors(
         path, _expected(counts, tensor_names(path, WiseMemoryError)), error=WiseMemoryError,
@@ -135,7 +140,9 @@ def _counts(counts: dict, path: Path) -> dict:
           and count(counts["started"]) and count(counts["merged"])
           and counts["started"] >= len(counts["done"]) + (counts["current"] is not None))  # fmt: skip
     if not ok:
-        raise WiseMemoryError(f"{path}: metadata 'shard_edits' is not a valid set of shard counts ({counts}); the file is damaged.")
+        raise WiseMemoryError(
+            f"{path}: metadata 'shard_edits' is not a valid set of shard counts ({counts}); {DAMAGED}."
+        )
     return counts
 
 
@@ -147,7 +154,8 @@ def _expected(counts: dict, names: set[str]) -> dict[str, TensorSpec]:
     if counts["merged"]:
         expected.update({"merged": side, "merged.keys": TensorSpec(("merged keys", "d_mlp"))})
     for i in range(len(counts["done"])):
-        expected.update({f"done.{i}.delta": side, f"done.{i}.mask": mask, f"done.{i}.keys": TensorSpec((f"keys {i}", "d_mlp"))})
+        keys = TensorSpec((f"keys {i}", "d_mlp"))
+        expected.update({f"done.{i}.delta": side, f"done.{i}.mask": mask, f"done.{i}.keys": keys})
     if counts["current"] is not None:
         expected.update({"current.delta": side, "current.mask": mask})
         if names & {"current.keys", "current.values"}:
