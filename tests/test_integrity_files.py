@@ -128,6 +128,9 @@ def test_killed_run_then_a_truncated_file_is_redone_not_zero_filled(setup, tmp_p
     assert m["complete"] is False and m["shards"] == 2
     file = out / f"{HOOK}.safetensors"
     assert file.stat().st_size >= shard_end(out, HOOK, 1)  # shard 2's rows were being written
+    partial = hooklab.Activations.load(out)  # the finished shards of a killed run open as they are
+    rows = m["rows"][HOOK]
+    assert partial[HOOK].shape[0] == rows and torch.equal(partial[HOOK], reference[HOOK][:rows])
     os.truncate(file, shard_end(out, HOOK, 0) + 100)  # inside shard 1
     with pytest.raises(errors.CorruptActivationsError, match=rf"{HOOK}.safetensors is truncated.*shard 1.*Rerun the collect"):
         hooklab.Activations.load(out)
@@ -372,6 +375,10 @@ def test_edit_files_missing_damaged_or_not_finite(setup, edit_file, tmp_path):
         hooklab.apply_edit(model, cut)
     with pytest.raises(errors.EditFileError, match="is I32"):  # Edit.load checks the file on its own as well
         Edit.load(rewrite(edit_file, tmp_path / "int.safetensors", tensors=lambda t: {k: v.int() for k, v in t.items()}))
+    far = rewrite(edit_file, tmp_path / "far.safetensors", tensors=lambda t: renamed(t, f"layers.{L}.", "layers.7."),
+                  meta=lambda m: {**m, "layers": "[7]", "hparams": json.dumps({**json.loads(m["hparams"]), "layer": 7})})
+    with pytest.raises(errors.LayerIndexError, match="layer 7 is out of range"):  # loaded alone, then applied
+        Edit.load(far).apply(model)
     nan = rewrite(edit_file, tmp_path / "nan.safetensors", tensors=lambda t: {k: v.clone().fill_(float("nan")) for k, v in t.items()})
     with pytest.raises(errors.EditSolveError, match="NaN or infinite values; nothing was applied"):
         hooklab.apply_edit(model, nan)
@@ -447,6 +454,8 @@ BAD_MEMORIES = {
         "hparams do not fit this model.*layer 5 is out of range"),
     "no shard counts": (dict(meta=lambda m: {k: v for k, v in m.items() if k != "shard_edits"}), r"lacks metadata \['shard_edits'\]"),
     "edit scores not numbers": (dict(meta=lambda m: {**m, "edit_scores": '["a"]'}), "malformed"),
+    "no unrelated texts": (dict(meta=lambda m: {**m, "unrelated": "[]"}), "malformed.*save the memory again"),
+    "another version": (dict(meta=lambda m: {**m, "version": "3"}), "version 3; this hooklab reads version 4"),
 }  # fmt: skip
 
 

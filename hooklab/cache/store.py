@@ -2,7 +2,8 @@
 
 Layout of an ``out`` folder::
 
-    manifest.json                          what was asked (the plan), finished shards, rows per file
+    manifest.json                          what was asked (the plan); per finished shard, each file's rows,
+                                           length and checksum
     index.safetensors                      (n, 3) int64: sequence, position and token id of each row
     blocks.5.hook_resid_post.safetensors   (n, d_model): one row per collected token
 

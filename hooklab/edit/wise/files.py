@@ -87,9 +87,9 @@ def load_memory(cls: type[WiseMemory], model: HookedModel, path: str | os.PathLi
     counts = _counts(field("shard_edits", dict), path)
     texts = {key: field(key, list) for key in ("templates", "unrelated", "requests", "edit_scores")}
     numbers = {key: field(key, (int, float)) for key in ("unrelated_ceiling", "seconds")}
-    if not all(isinstance(t, str) for key in ("templates", "unrelated") for t in texts[key]) or not all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) for x in texts["edit_scores"]
-    ):
+    strings = all(isinstance(t, str) for key in ("templates", "unrelated") for t in texts[key])
+    scores = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in texts["edit_scores"])
+    if not (strings and scores and texts["unrelated"] and all(t.strip() for t in texts["unrelated"])):
         raise WiseMemoryError(f"{path}: its templates, unrelated texts or edit scores are malformed; {DAMAGED}.")
     try:
         requests = [EditRequest.from_dict(r) for r in texts["requests"]]
