@@ -144,6 +144,7 @@ def collect(args: argparse.Namespace) -> None:
     result = hooklab.collect(
         model, args.data, names=args.names, layers=layers, positions=args.positions, batch_size=args.batch_size,
         max_length=args.max_length, out=args.out, reduce=args.reduce, max_tokens=args.max_tokens, dtype=args.dtype,
+        verify=args.verify,
     )  # fmt: skip
     if args.reduce is None:
         print(f"{result!r}\nOpen it with hooklab.Activations.load({str(result.path or args.out)!r}).")
@@ -254,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="folder for the activations (rerun to resume)")
     p.add_argument("--dtype", default=None, help="storage dtype, e.g. bfloat16 (default: the model's)")
     p.add_argument("--reduce", default=None, choices=["mean", "second_moment"])
+    p.add_argument("--verify", action="store_true", help="on a rerun, check every finished shard's checksum")
     p.set_defaults(run=collect)
 
     p = jobs.add_parser("trace", help="causal tracing of a fact (ROME); heatmaps as PNG, scores as JSON")

@@ -74,6 +74,10 @@ class EditMismatchError(HooklabError):
     """An edit file or Edit that does not fit the model (another base model, shapes, state)."""
 
 
+class EditFileError(EditMismatchError):
+    """An edit file that is missing or damaged, or whose tensors disagree with its metadata or the model."""
+
+
 class HparamsError(HooklabError, ValueError):
     """Hyperparameters with unknown, missing or invalid fields."""
 
@@ -104,6 +108,14 @@ class EmptyCorpusError(HooklabError, ValueError):
 
 class OutputDirError(HooklabError):
     """An activation folder that cannot be written, or that holds a different collection."""
+
+
+class CorruptActivationsError(OutputDirError):
+    """An activation folder whose files are missing, truncated or damaged, or disagree with its manifest."""
+
+
+class CorpusEncodingError(HooklabError, ValueError):
+    """A corpus file that is not UTF-8 text (binary data, or another encoding)."""
 
 
 class CollectArgumentError(HooklabError, ValueError):

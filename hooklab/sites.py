@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
-from hooklab.errors import UnsupportedArchitectureError
+from hooklab.errors import LayerIndexError, UnsupportedArchitectureError
 
 if TYPE_CHECKING:
     from hooklab.model import HookedModel
@@ -154,7 +154,7 @@ def mlp_out(model: HookedModel, layer: int) -> MlpOut:
     """The MLP output projection of ``layer`` (where ROME, MEMIT and WISE write)."""
     n_layers = model.cfg.n_layers
     if not 0 <= layer < n_layers:
-        raise IndexError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
+        raise LayerIndexError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}.")
     block = model.bridge.blocks[layer]
     out = getattr(block.mlp, "out", None)
     if out is None:
@@ -178,7 +178,7 @@ def block(model: HookedModel, layer: int) -> nn.Module:
     """
     n_layers = model.cfg.n_layers
     if not 0 <= layer < n_layers:
-        raise IndexError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}")
+        raise LayerIndexError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}.")
     return model.bridge.blocks[layer]
 
 

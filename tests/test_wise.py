@@ -262,7 +262,7 @@ def test_load_refuses_another_model_and_damaged_files(memory, llama, tmp_path, t
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(WiseMemoryError, match="not a readable safetensors file"):
         hooklab.WiseMemory.load(llama, tmp_path / "junk.safetensors")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(WiseMemoryError, match="no WISE memory file at .*missing.safetensors"):
         hooklab.WiseMemory.load(llama, tmp_path / "missing.safetensors")
 
 

@@ -17,7 +17,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from hooklab.cache.store import DTYPES, HEADER_BYTES, INDEX, read_manifest
+from hooklab.cache.manifest import DTYPES, HEADER_BYTES, INDEX, check_files, describe, read_manifest
+from hooklab.errors import CorruptActivationsError
 
 
 class Activations(Mapping[str, Tensor]):
@@ -28,6 +29,7 @@ class Activations(Mapping[str, Tensor]):
         >>> acts["blocks.5.hook_resid_post"].shape      # (10000, 576), memory-mapped
         >>> acts.tokens[:8], acts.sequence[:8], acts.position[:8]
         >>> acts = hooklab.Activations.load("acts/")    # later, in another process
+        >>> acts = hooklab.Activations.load("acts/", verify=True)  # every byte against its checksum
     """
 
     def __init__(self, tensors: dict[str, Tensor], index: Int[Tensor, "n 3"], path: Path | None = None) -> None:
@@ -36,11 +38,18 @@ class Activations(Mapping[str, Tensor]):
         self.path = path
 
     @classmethod
-    def load(cls, out: str | os.PathLike) -> Activations:
+    def load(cls, out: str | os.PathLike, verify: bool = False) -> Activations:
         """Open an ``out`` folder: its finished shards, memory-mapped (a collection still running shows its
-        rows so far)."""
+        rows so far).
+
+        Every file's length and header are checked against the manifest; ``verify`` also reads every
+        byte against its shard's checksum. A damaged folder raises ``CorruptActivationsError``.
+        """
         out = Path(out)
         manifest = read_manifest(out)
+        damage = check_files(out, manifest, full=verify)
+        if damage:
+            raise CorruptActivationsError(describe(out, damage))
         tensors = {}
         for name, spec in manifest["streams"].items():
             rows = manifest["rows"].get(name, 0)

@@ -55,6 +55,7 @@ def collect(
     stats_dtype: torch.dtype = torch.float64,
     stats_cache: str | os.PathLike | bool = True,
     shard_tokens: int = 1 << 16,
+    verify: bool = False,
     progress: bool = True,
 ) -> Activations | dict[str, Mean | SecondMoment]:
     """Run the model over ``data`` with only the requested hooks; keep their activations, or reduce them.
@@ -76,6 +77,8 @@ def collect(
         stats_dtype: accumulator dtype of reductions (float64 or float32).
         stats_cache: folder for saved reductions (True: ``$HOOKLAB_CACHE/stats``; False: none).
         shard_tokens: tokens per shard of ``out``: the unit a rerun resumes from.
+        verify: when ``out`` holds finished shards, check each against its checksum (reads them all),
+            not only the files' lengths and headers; damaged shards are redone either way.
 
     Example:
         >>> acts = hooklab.collect(model, ["The Eiffel Tower is in"], layers=[10, 20], positions="last")
@@ -110,7 +113,7 @@ def collect(
         "dtype": None if store_dtype is None else str(store_dtype),
         "shard_batches": max(1, math.ceil(shard_tokens / (batch_size * corpus.max_length))),
     }  # fmt: skip
-    store = ActivationStore(out, plan)
+    store = ActivationStore(out, plan, verify=verify)
     if store.complete:
         log.info("%s already holds this collection; opening it", out)
         return Activations.load(out)

@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from hooklab.errors import CollectArgumentError, EmptyCorpusError
+from hooklab.errors import CollectArgumentError, CorpusEncodingError, EmptyCorpusError
 
 Data = str | os.PathLike | Sequence[str] | Tensor
 DEFAULT_PACKED_LENGTH = 512
@@ -156,9 +156,20 @@ class Corpus:
 
     def _lines(self) -> Iterator[str]:
         with open(self.data, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    yield line.rstrip("\n")
+            try:
+                for number, line in enumerate(f, 1):
+                    if "\0" in line:
+                        raise CorpusEncodingError(
+                            f"{self.data} holds NUL bytes (line {number}): it is binary, not text. Pass a UTF-8 "
+                            "text file (one document a line), a list of strings or a tensor of token ids."
+                        )
+                    if line.strip():
+                        yield line.rstrip("\n")
+            except UnicodeDecodeError:
+                raise CorpusEncodingError(
+                    f"{self.data} is not UTF-8 text ({_first_undecodable(self.data)}). Convert it to UTF-8 "
+                    "(e.g. iconv -f latin1 -t utf-8), or pass a list of strings or a tensor of token ids."
+                ) from None
 
     def _token_lists(self) -> Iterator[list[int]]:
         """Each document's token ids, tokenized in chunks as they are needed."""
@@ -216,6 +227,19 @@ class Corpus:
         if self.kind == "texts":
             return f"the list has {len(self.data)} string(s), all empty."
         return f"the tensor has shape {tuple(self.data.shape)}."
+
+
+def _first_undecodable(path: Path) -> str:
+    """Where a file first fails to decode as UTF-8 (a newline byte never occurs inside a UTF-8 character)."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return f"line {number}, byte {offset + e.start}: {e.reason}"
+            offset += len(raw)
+    return "it does not decode"
 
 
 def _batches(

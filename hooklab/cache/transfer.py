@@ -25,8 +25,8 @@ _POLL_S = 0.1
 
 class Sink(Protocol):
     def append(self, name: str, tensor: Tensor) -> None: ...
-    def sync(self, names: list[str]) -> dict[str, int]: ...
-    def record(self, shards: int, rows: dict[str, int]) -> None: ...
+    def sync(self, names: list[str]) -> dict[str, dict]: ...  # what record keeps of each file
+    def record(self, shards: int, ends: dict[str, dict]) -> None: ...
 
 
 class MemorySink:
@@ -39,10 +39,10 @@ class MemorySink:
         # A pinned buffer goes back to its ring once this returns: keep a copy, not the buffer.
         self.parts.setdefault(name, []).append(tensor.clone() if tensor.is_pinned() else tensor)
 
-    def sync(self, names: list[str]) -> dict[str, int]:
+    def sync(self, names: list[str]) -> dict[str, dict]:
         return {}
 
-    def record(self, shards: int, rows: dict[str, int]) -> None:
+    def record(self, shards: int, ends: dict[str, dict]) -> None:
         pass
 
     def result(self) -> dict[str, Tensor]:
@@ -52,7 +52,7 @@ class MemorySink:
 class _Barrier:
     def __init__(self, shards: int, owners: dict[int, list[str]], parties: int) -> None:
         self.shards, self.owners, self.left = shards, owners, parties
-        self.rows: dict[str, int] = {}
+        self.ends: dict[str, dict] = {}
         self.lock = threading.Lock()
 
 
@@ -203,10 +203,10 @@ class Drain:
                 self.error = e
 
     def _arrive(self, mark: _Barrier, me: int) -> None:
-        rows = self.sink.sync(mark.owners[me])
+        ends = self.sink.sync(mark.owners[me])
         with mark.lock:
-            mark.rows.update(rows)
+            mark.ends.update(ends)
             mark.left -= 1
             last = mark.left == 0
         if last:
-            self.sink.record(mark.shards, mark.rows)
+            self.sink.record(mark.shards, mark.ends)

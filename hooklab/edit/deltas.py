@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +25,17 @@ from safetensors import safe_open
 from torch import Tensor
 
 from hooklab import sites, tensorfiles
+from hooklab.tensorfiles import TensorSpec
 from hooklab.edit.request import EditRequest
-from hooklab.errors import EditMismatchError, EditSolveError
+from hooklab.edit.hparams import HPARAMS
+from hooklab.errors import EditFileError, EditMismatchError, EditSolveError, HooklabError
 from hooklab.fingerprint import tensor_digest
 from hooklab.model import HookedModel
 
 log = logging.getLogger(__name__)
 FORMAT = "hooklab-edit"
 VERSION = "1"
+DAMAGED = "the file is damaged or was not written by hooklab; save the edit again (Edit.save) or recompute it"
 
 
 @dataclass(frozen=True)
@@ -192,33 +195,11 @@ class Edit:
 
     @classmethod
     def load(cls, path: str | os.PathLike, devices: Mapping[int, torch.device] | None = None) -> Edit:
-        """Read an edit file; each layer's tensors go straight to ``devices[layer]`` (default CPU)."""
-        meta = read_metadata(path)
-        layers = json.loads(meta["layers"])
-        devices = devices or {}
-        updates = {}
-        by_device: dict[str, list[int]] = {}
-        for layer in layers:
-            by_device.setdefault(str(devices.get(layer, "cpu")), []).append(layer)
-        for device, group in by_device.items():
-            with safe_open(str(path), framework="pt", device=device) as f:
-                names = set(f.keys())
-                for layer in group:
-                    if f"layers.{layer}.dense" in names:
-                        updates[layer] = Update(layer, dense=f.get_tensor(f"layers.{layer}.dense"))
-                    else:
-                        updates[layer] = Update(
-                            layer, left=f.get_tensor(f"layers.{layer}.left"), right=f.get_tensor(f"layers.{layer}.right")
-                        )
-        return cls(
-            method=meta["method"],
-            updates=updates,
-            base_fingerprint=meta["base_fingerprint"],
-            requests=[EditRequest.from_dict(r) for r in json.loads(meta["requests"])],
-            hparams=json.loads(meta["hparams"]),
-            model_name=meta.get("model", ""),
-            notes=json.loads(meta.get("notes", "{}")),
-        )
+        """Read an edit file; each layer's tensors go straight to ``devices[layer]`` (default CPU).
+
+        Every tensor is checked against the metadata first (dtype, shape, one update per listed layer).
+        """
+        return _load(path, devices or {}, None)
 
     def _require_applied(self) -> HookedModel:
         if self._model is None:
@@ -242,19 +223,103 @@ class Edit:
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """An edit file's metadata, checked to be one (nothing else is read)."""
-    return tensorfiles.read_metadata(path, fmt=FORMAT, what="edit file", error=EditMismatchError)
+    required = ("method", "layers", "base_fingerprint", "hparams", "requests")
+    return tensorfiles.read_metadata(path, fmt=FORMAT, what="edit file", error=EditFileError, version=VERSION,
+                                     required=required)  # fmt: skip
 
 
 def apply_edit(model: HookedModel, path: str | os.PathLike) -> Edit:
     """Load an edit file straight onto each layer's device and apply it; returns the undoable Edit.
 
-    Refuses (before reading any tensor) a file made for a model with another fingerprint.
+    Refuses (before reading any tensor) a file made for a model with another fingerprint, and one
+    whose tensors do not fit its metadata or the model; the model is then left as it was.
 
     Example:
         >>> edit = hooklab.apply_edit(model, "eiffel.safetensors"); ...; edit.undo()
     """
     meta = read_metadata(path)
     tensorfiles.refuse_other_base(meta, path, model.fingerprint)
-    layers: Sequence[int] = json.loads(meta["layers"])
-    devices = {layer: sites.mlp_out(model, layer).device for layer in layers}
-    return Edit.load(path, devices).apply(model)
+    return _load(path, None, model).apply(model)
+
+
+def _load(path: str | os.PathLike, devices: Mapping[int, torch.device] | None, model: HookedModel | None) -> Edit:
+    """An edit file read after checking it all (against ``model``'s layers and widths too, if given);
+    without ``devices``, each layer's tensors go to the model's device for that layer."""
+    meta = read_metadata(path)
+    method, layers, requests, hparams = _header(meta, path)
+    dims = {"requests": len(requests)}
+    if model is not None:
+        n_layers = model.cfg.n_layers
+        outside = [layer for layer in layers if not 0 <= layer < n_layers]
+        if outside:
+            raise EditFileError(
+                f"{path} edits layer(s) {outside}, but the model has layers 0..{n_layers - 1}; "
+                "the file is damaged or for another model. Apply it to the model it was made for."
+            )
+        targets = {layer: sites.mlp_out(model, layer) for layer in layers}
+        dims["d_model"], dims["d_mlp"] = targets[layers[0]].weight.shape
+        if devices is None:
+            devices = {layer: site.device for layer, site in targets.items()}
+    names = tensorfiles.tensor_names(path, EditFileError)
+    expected = {}
+    for layer in layers:  # one update per listed layer: dense, or factors of one column per request
+        if f"layers.{layer}.dense" in names:
+            expected[f"layers.{layer}.dense"] = TensorSpec(("d_model", "d_mlp"))
+        else:
+            expected[f"layers.{layer}.left"] = TensorSpec(("d_model", "requests"))
+            expected[f"layers.{layer}.right"] = TensorSpec(("d_mlp", "requests"))
+    fix = DAMAGED
+    if model is not None:
+        fix = "the file is damaged or for another model; apply it to the model it was made for"
+    tensorfiles.check_tensors(path, expected, error=EditFileError, dims=dims, fix=fix)
+    devices = devices or {}
+    updates = {}
+    by_device: dict[str, list[int]] = {}
+    for layer in layers:
+        by_device.setdefault(str(devices.get(layer, "cpu")), []).append(layer)
+    for device, group in by_device.items():
+        with safe_open(str(path), framework="pt", device=device) as f:
+            for layer in group:
+                if f"layers.{layer}.dense" in names:
+                    updates[layer] = Update(layer, dense=f.get_tensor(f"layers.{layer}.dense"))
+                else:
+                    updates[layer] = Update(
+                        layer, left=f.get_tensor(f"layers.{layer}.left"), right=f.get_tensor(f"layers.{layer}.right")
+                    )
+    return Edit(
+        method=method,
+        updates=updates,
+        base_fingerprint=meta["base_fingerprint"],
+        requests=requests,
+        hparams=hparams,
+        model_name=meta.get("model", ""),
+        notes=tensorfiles.json_field(meta, "notes", path, EditFileError, dict) if "notes" in meta else {},
+    )
+
+
+def _header(meta: dict[str, str], path: str | os.PathLike) -> tuple[str, list[int], list[EditRequest], dict]:
+    """Method, layers, requests and hparams of an edit file, checked to agree with each other."""
+    method = meta["method"]
+    if method not in HPARAMS:
+        raise EditFileError(f"{path} holds an edit of method {method!r}; edit files hold {' or '.join(HPARAMS)} "
+                            f"updates, so {DAMAGED}.")  # fmt: skip
+    layers = tensorfiles.json_field(meta, "layers", path, EditFileError, list)
+    if not layers or not all(type(x) is int for x in layers) or len(set(layers)) != len(layers):
+        raise EditFileError(f"{path}: metadata 'layers' must list distinct layer numbers, got {layers}; {DAMAGED}.")
+    hparams = tensorfiles.json_field(meta, "hparams", path, EditFileError, dict)
+    try:
+        edit_layers = HPARAMS[method].from_dict(hparams).edit_layers
+    except HooklabError as e:
+        raise EditFileError(f"{path}: its hparams are not {method}'s ({e}); {DAMAGED}.") from None
+    if sorted(edit_layers) != sorted(layers):
+        raise EditFileError(
+            f"{path} lists layers {layers}, but its {method} hparams edit {list(edit_layers)}; {DAMAGED}."
+        )
+    raw = tensorfiles.json_field(meta, "requests", path, EditFileError, list)
+    try:
+        requests = [EditRequest.from_dict(r) for r in raw]
+    except (HooklabError, TypeError) as e:
+        raise EditFileError(
+            f"{path}: metadata 'requests' holds something other than edit requests ({e}); {DAMAGED}."
+        ) from None
+    return method, sorted(layers), requests, hparams

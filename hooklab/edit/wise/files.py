@@ -15,19 +15,22 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors import safe_open
 
+from hooklab import sites
 from hooklab.edit.request import EditRequest
 from hooklab.edit.wise.hparams import WiseHparams
 from hooklab.edit.wise.shards import Shard, Shards
-from hooklab.errors import EditMismatchError, WiseMemoryError
+from hooklab.errors import HooklabError, HparamsError, WiseMemoryError
 from hooklab.model import HookedModel
-from hooklab.tensorfiles import read_metadata, refuse_other_base, save_atomic
+from hooklab.tensorfiles import (
+    TensorSpec, check_tensors, json_field, read_metadata, refuse_other_base, save_atomic, tensor_names,
+)  # fmt: skip
 
 if TYPE_CHECKING:
     from hooklab.edit.wise.memory import WiseMemory
 
 FORMAT = "hooklab-wise"
 VERSION = "4"  # 2: the threshold's floor; 3: its quantile (floor_quantile); 4: every side's keys (routing)
-NOT_WEIGHT_SHAPED = (".keys", ".values")  # name endings of the tensors not shaped like the side weights
+DAMAGED = "the file is damaged or was not written by hooklab; save the memory again (WiseMemory.save)"
 
 
 def save_memory(memory: WiseMemory, path: str | os.PathLike) -> Path:
@@ -64,24 +67,47 @@ def save_memory(memory: WiseMemory, path: str | os.PathLike) -> Path:
 
 
 def load_memory(cls: type[WiseMemory], model: HookedModel, path: str | os.PathLike) -> WiseMemory:
-    """A memory read from ``path`` for ``model``, attached; refuses a model with another fingerprint."""
+    """A memory read from ``path`` for ``model``, attached; refuses a model with another fingerprint.
+
+    Everything is checked before the memory is built: the metadata, and every tensor against what
+    the shard counts and the side layer imply. A refused file leaves the model as it was.
+    """
     path = Path(path)
-    meta = _metadata(path)
+    meta = read_metadata(path, fmt=FORMAT, what="WISE memory file", error=WiseMemoryError, version=VERSION,
+                         required=_METADATA)  # fmt: skip
     refuse_other_base(meta, path, model.fingerprint)
-    hparams = WiseHparams.from_dict(json.loads(meta["hparams"]))
+    field = lambda key, kind: json_field(meta, key, path, WiseMemoryError, kind)  # noqa: E731
+    try:
+        hparams = WiseHparams.from_dict(field("hparams", dict))
+        hparams.check(model.cfg.n_layers)
+    except HparamsError as e:
+        raise WiseMemoryError(
+            f"{path}: its hparams do not fit this model ({e}); {DAMAGED}, or it is for another model."
+        ) from None
+    counts = _counts(field("shard_edits", dict), path)
+    texts = {key: field(key, list) for key in ("templates", "unrelated", "requests", "edit_scores")}
+    numbers = {key: field(key, (int, float)) for key in ("unrelated_ceiling", "seconds")}
+    strings = all(isinstance(t, str) for key in ("templates", "unrelated") for t in texts[key])
+    scores = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in texts["edit_scores"])
+    if not (strings and scores and texts["unrelated"] and all(t.strip() for t in texts["unrelated"])):
+        raise WiseMemoryError(f"{path}: its templates, unrelated texts or edit scores are malformed; {DAMAGED}.")
+    try:
+        requests = [EditRequest.from_dict(r) for r in texts["requests"]]
+    except (HooklabError, TypeError) as e:
+        raise WiseMemoryError(
+            f"{path}: metadata 'requests' holds something other than edit requests ({e}); {DAMAGED}."
+        ) from None
+    d_model, d_mlp = sites.mlp_out(model, hparams.layer).weight.shape
+    check_tensors(
+        path, _expected(counts, tensor_names(path, WiseMemoryError)), error=WiseMemoryError,
+        dims={"d_model": d_model, "d_mlp": d_mlp},
+        fix=f"the memory is damaged or for another architecture (layer {hparams.layer}'s MLP output projection is "
+            f"[{d_model}, {d_mlp}])",
+    )  # fmt: skip
     memory = cls.__new__(cls)
-    memory._setup(model, hparams, json.loads(meta["unrelated"]), json.loads(meta["templates"]))
-    counts = json.loads(meta["shard_edits"])
-    device = memory.site.device
-    shape = tuple(memory.site.weight.shape)
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
+    memory._setup(model, hparams, texts["unrelated"], texts["templates"])
+    with safe_open(str(path), framework="pt", device=str(memory.site.device)) as f:
         names = set(f.keys())
-        for name in {n for n in names if not n.endswith(NOT_WEIGHT_SHAPED)}:
-            if tuple(f.get_slice(name).get_shape()) != shape:
-                raise EditMismatchError(
-                    f"{path}: tensor {name} has shape {tuple(f.get_slice(name).get_shape())}, but layer "
-                    f"{hparams.layer}'s MLP output projection is {shape}; the memory is for another architecture."
-                )
         shards = Shards(n_started=counts["started"], n_merged=counts["merged"])
         if "merged" in names:
             shards.merged, shards.merged_keys = f.get_tensor("merged"), f.get_tensor("merged.keys")
@@ -92,20 +118,47 @@ def load_memory(cls: type[WiseMemory], model: HookedModel, path: str | os.PathLi
             if "current.keys" in names:
                 shards.current.keys, shards.current.values = f.get_tensor("current.keys"), f.get_tensor("current.values")
     memory.shards = shards
-    memory.edit_scores = [float(s) for s in json.loads(meta["edit_scores"])]
-    memory.unrelated_ceiling = float(json.loads(meta["unrelated_ceiling"]))
-    memory.requests = [EditRequest.from_dict(r) for r in json.loads(meta["requests"])]
-    memory.seconds = float(json.loads(meta["seconds"]))
+    memory.edit_scores = [float(s) for s in texts["edit_scores"]]
+    memory.unrelated_ceiling = float(numbers["unrelated_ceiling"])
+    memory.requests = requests
+    memory.seconds = float(numbers["seconds"])
     return memory.attach()
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    meta = read_metadata(path, fmt=FORMAT, what="WISE memory file", error=WiseMemoryError)
-    if meta.get("version") != VERSION:
-        raise WiseMemoryError(f"{path} is a WISE memory file of version {meta.get('version')}; this hooklab reads {VERSION}.")
-    needed = {"base_fingerprint", "hparams", "templates", "unrelated", "requests", "edit_scores", "unrelated_ceiling",
-              "shard_edits"}  # fmt: skip
-    missing = needed - set(meta)
-    if missing:
-        raise WiseMemoryError(f"{path} lacks metadata {sorted(missing)}; it was not written by hooklab.")
-    return meta
+_METADATA = ("base_fingerprint", "hparams", "templates", "unrelated", "requests", "edit_scores", "unrelated_ceiling",
+             "shard_edits", "seconds")  # fmt: skip
+
+
+def _counts(counts: dict, path: Path) -> dict:
+    """The shard counts of a memory file, checked to be counts that fit together."""
+
+    def count(x: object) -> bool:
+        return type(x) is int and x >= 0
+
+    ok = (set(counts) == {"done", "current", "started", "merged"} and isinstance(counts["done"], list)
+          and all(count(n) for n in counts["done"]) and (counts["current"] is None or count(counts["current"]))
+          and count(counts["started"]) and count(counts["merged"])
+          and counts["started"] >= len(counts["done"]) + (counts["current"] is not None))  # fmt: skip
+    if not ok:
+        raise WiseMemoryError(
+            f"{path}: metadata 'shard_edits' is not a valid set of shard counts ({counts}); {DAMAGED}."
+        )
+    return counts
+
+
+def _expected(counts: dict, names: set[str]) -> dict[str, TensorSpec]:
+    """The tensors a memory file with these shard counts holds: changes and masks shaped like the side weights,
+    each side's keys (d_mlp wide) and the open shard's values (d_model wide)."""
+    side, mask = TensorSpec(("d_model", "d_mlp")), TensorSpec(("d_model", "d_mlp"), ("BOOL",))
+    expected: dict[str, TensorSpec] = {}
+    if counts["merged"]:
+        expected.update({"merged": side, "merged.keys": TensorSpec(("merged keys", "d_mlp"))})
+    for i in range(len(counts["done"])):
+        keys = TensorSpec((f"keys {i}", "d_mlp"))
+        expected.update({f"done.{i}.delta": side, f"done.{i}.mask": mask, f"done.{i}.keys": keys})
+    if counts["current"] is not None:
+        expected.update({"current.delta": side, "current.mask": mask})
+        if names & {"current.keys", "current.values"}:
+            expected.update({"current.keys": TensorSpec(("current keys", "d_mlp")),
+                             "current.values": TensorSpec(("current keys", "d_model"))})  # fmt: skip
+    return expected
