@@ -347,7 +347,8 @@ BAD_EDITS = {
     "hparams not JSON": (dict(meta=lambda m: {**m, "hparams": "{layer: 0"}), "metadata 'hparams' is not JSON"),
     "layers not a list": (dict(meta=lambda m: {**m, "layers": '"0"'}), "metadata 'layers' is str, not list"),
     "requests that are not requests": (dict(meta=lambda m: {**m, "requests": "[1, 2]"}), "holds something other than edit requests"),
-    "an unknown method": (dict(meta=lambda m: {**m, "method": "mend"}), "method 'mend'; edit files hold rome or memit"),
+    "an unknown method": (dict(meta=lambda m: {**m, "method": "mend"}),
+                          r"method 'mend'; edit files hold the updates of a registered method \(rome, memit\)"),
     "another version": (dict(meta=lambda m: {**m, "version": "9"}), "version 9; this hooklab reads version 1"),
 }  # fmt: skip
 

@@ -25,12 +25,12 @@ from safetensors import safe_open
 from torch import Tensor
 
 from hooklab import sites, tensorfiles
-from hooklab.tensorfiles import TensorSpec
+from hooklab.edit import registry
 from hooklab.edit.request import EditRequest
-from hooklab.edit.hparams import HPARAMS
 from hooklab.errors import EditFileError, EditMismatchError, EditSolveError, HooklabError
 from hooklab.fingerprint import tensor_digest
 from hooklab.model import HookedModel
+from hooklab.tensorfiles import TensorSpec
 
 log = logging.getLogger(__name__)
 FORMAT = "hooklab-edit"
@@ -300,15 +300,16 @@ def _load(path: str | os.PathLike, devices: Mapping[int, torch.device] | None, m
 def _header(meta: dict[str, str], path: str | os.PathLike) -> tuple[str, list[int], list[EditRequest], dict]:
     """Method, layers, requests and hparams of an edit file, checked to agree with each other."""
     method = meta["method"]
-    if method not in HPARAMS:
-        raise EditFileError(f"{path} holds an edit of method {method!r}; edit files hold {' or '.join(HPARAMS)} "
-                            f"updates, so {DAMAGED}.")  # fmt: skip
+    updates = registry.names(updates_only=True)
+    if method not in updates:
+        raise EditFileError(f"{path} holds an edit of method {method!r}; edit files hold the updates of a registered "
+                            f"method ({', '.join(updates)}): register {method!r} first, or {DAMAGED}.")  # fmt: skip
     layers = tensorfiles.json_field(meta, "layers", path, EditFileError, list)
     if not layers or not all(type(x) is int for x in layers) or len(set(layers)) != len(layers):
         raise EditFileError(f"{path}: metadata 'layers' must list distinct layer numbers, got {layers}; {DAMAGED}.")
     hparams = tensorfiles.json_field(meta, "hparams", path, EditFileError, dict)
     try:
-        edit_layers = HPARAMS[method].from_dict(hparams).edit_layers
+        edit_layers = registry.get(method).hparams.from_dict(hparams).edit_layers
     except HooklabError as e:
         raise EditFileError(f"{path}: its hparams are not {method}'s ({e}); {DAMAGED}.") from None
     if sorted(edit_layers) != sorted(layers):
