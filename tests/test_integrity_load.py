@@ -283,11 +283,14 @@ def test_max_memory_as_one_string_places_the_model(pico_llama):
 # -- tokenizer and GGUF files ----------------------------------------------------------------------
 
 
-def test_deeply_nested_tokenizer_is_refused(pico_llama, copy_of):
+def test_deeply_nested_tokenizer_is_refused_and_the_weights_freed(pico_llama, copy_of, monkeypatch):
     folder = copy_of(pico_llama)
     (folder / "tokenizer.json").write_text('{"model": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    built = []  # the tokenizer loads while the weights stream: this failure comes after they moved
+    monkeypatch.setattr(load_module, "build_skeleton", lambda *a: built.append(build_skeleton(*a)) or built[-1])
     with pytest.raises(errors.MissingTokenizerError, match="no usable tokenizer.*save_pretrained"):
         hooklab.load(folder)
+    assert built and all(p.device.type == "meta" for p in built[0].parameters())  # nothing left allocated
 
 
 def write_gguf(path: Path, tensors: dict[str, np.ndarray]) -> Path:
