@@ -28,7 +28,7 @@ from hooklab.loading.placement import capacities
 from hooklab.loading.skeleton import build_skeleton
 from hooklab.loading.tensors import match_tensors
 
-from conftest import make_pico
+from conftest import make_pico, rewrite_header
 
 DOWN = "model.layers.0.mlp.down_proj.weight"
 load_module = importlib.import_module("hooklab.loading.load")  # the module, not hooklab.loading.load()
@@ -52,17 +52,6 @@ def sharded_llama(tmp_path_factory, tokenizer_dir) -> Path:
 
 def digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-def rewrite_header(file: Path, change) -> None:
-    """Apply ``change`` to a safetensors file's JSON header, keeping every tensor's bytes."""
-    data = file.read_bytes()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    change(header)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    file.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
 
 
 def index_of(folder: Path) -> dict:

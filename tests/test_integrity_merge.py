@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
@@ -29,15 +28,9 @@ from hooklab import errors
 from hooklab.merge import swap
 from hooklab.merge.config import load_config, run_config
 
-from conftest import make_pico
+from conftest import rewrite_header
 
 DEAD_PID = 2**22 + 1  # above Linux's largest pid: never a running process
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory, tokenizer_dir):
-    root = tmp_path_factory.mktemp("sources")
-    return make_pico("llama", root / "a", tokenizer_dir, seed=0), make_pico("llama", root / "b", tokenizer_dir, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -241,14 +234,7 @@ def test_recipe_with_a_nan_weight_is_refused(pair, tmp_path):
 
 def test_source_whose_header_lies_about_a_dtype_is_refused(pair, tmp_path, copy_of):
     folder = copy_of(pair[1])
-    file = folder / "model.safetensors"
-    data = file.read_bytes()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    header["model.layers.1.mlp.up_proj.weight"]["dtype"] = "I32"
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    file.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    rewrite_header(folder / "model.safetensors", lambda h: h["model.layers.1.mlp.up_proj.weight"].update(dtype="I32"))
     with pytest.raises(errors.CheckpointMismatchError, match="up_proj.weight.*stored as torch.int32"):
         hooklab.merge([pair[0], folder], out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
