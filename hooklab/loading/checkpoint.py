@@ -132,11 +132,16 @@ def _index(root: Path) -> dict[str, Path] | None:
             f"{index} is not a valid safetensors index ({type(e).__name__}: {e}); re-save the "
             "checkpoint with `save_pretrained`."
         ) from e
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+    if not isinstance(weight_map, dict):
         raise CorruptCheckpointError(
             f"{index}'s weight_map is a {type(weight_map).__name__}, not a mapping of tensor names to "
             'shard file names ({"model.embed_tokens.weight": "model-00001-of-00002.safetensors", ...}); '
             "re-save the checkpoint with `save_pretrained`."
+        )
+    if odd := next(((k, v) for k, v in weight_map.items() if not isinstance(v, str)), None):
+        raise CorruptCheckpointError(
+            f"{index}'s weight_map maps {odd[0]} to {odd[1]!r}, not to a shard file name; re-save the "
+            "checkpoint with `save_pretrained`."
         )
     inside = os.path.normpath(root)
     shards = {}

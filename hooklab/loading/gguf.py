@@ -13,13 +13,13 @@ from gguf import GGUFReader
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-from hooklab.loading.configs import check_config
 from hooklab.errors import (
     CheckpointMismatchError,
     CorruptCheckpointError,
     MissingTokenizerError,
     UnsupportedArchitectureError,
 )
+from hooklab.loading.configs import check_config
 
 # transformers reads these GGUF architectures, but they are not decoder-only causal LMs.
 _NOT_CAUSAL_LM = {"general", "tokenizer", "t5", "umt5", "mamba"}
