@@ -23,6 +23,10 @@ class CorruptCheckpointError(HooklabError):
     """A weight file is truncated, unreadable, or missing from its folder."""
 
 
+class InvalidConfigError(HooklabError):
+    """A config.json whose values cannot describe a model (a layer count below 1, a size of the wrong type)."""
+
+
 class CheckpointMismatchError(HooklabError):
     """The weights on disk disagree with the model's config (names or shapes)."""
 

@@ -104,6 +104,13 @@ def pico_llama(tmp_path_factory, tokenizer_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def pair(tmp_path_factory, tokenizer_dir) -> tuple[Path, Path]:
+    """Two pico Llamas of one architecture and tokenizer, different weights (models to merge)."""
+    root = tmp_path_factory.mktemp("pair")
+    return make_pico("llama", root / "a", tokenizer_dir, seed=0), make_pico("llama", root / "b", tokenizer_dir, seed=1)
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     """The embedded default model (downloaded and converted once per cache)."""
     import hooklab
@@ -120,3 +127,17 @@ def copy_of(tmp_path):
         return Path(shutil.copytree(folder, tmp_path / folder.name))
 
     return copy
+
+
+def rewrite_header(file: Path, change) -> None:
+    """Apply ``change`` to a safetensors file's JSON header in place, keeping every tensor's bytes."""
+    import json
+    import struct
+
+    data = file.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    change(header)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    file.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])

@@ -30,13 +30,6 @@ def weights_of(folder):
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory, tokenizer_dir):
-    """Two pico Llamas of one architecture and tokenizer, different weights."""
-    root = tmp_path_factory.mktemp("pair")
-    return make_pico("llama", root / "a", tokenizer_dir, seed=0), make_pico("llama", root / "b", tokenizer_dir, seed=1)
-
-
-@pytest.fixture(scope="module")
 def twin(pair, tmp_path_factory):
     """A second folder holding exactly the weights of ``pair[0]``."""
     import shutil

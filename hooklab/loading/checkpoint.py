@@ -7,15 +7,23 @@ integrity before any weight moves, and gives the streaming loader the byte offse
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, PretrainedConfig
 
-from hooklab.errors import CorruptCheckpointError, MissingConfigError, UnsupportedArchitectureError
+from hooklab.errors import (
+    CorruptCheckpointError,
+    InvalidConfigError,
+    MissingConfigError,
+    UnsupportedArchitectureError,
+)
+from hooklab.loading.configs import check_config
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -74,36 +82,87 @@ def open_checkpoint(root: Path) -> Checkpoint:
         )
     try:
         config = AutoConfig.from_pretrained(root, local_files_only=True)
-    except (ValueError, KeyError, OSError) as e:
+    except StrictDataclassError as e:  # transformers' typed config fields
+        raise InvalidConfigError(
+            f"{config_path} holds a value of the wrong type ({e}). Use the config.json saved with "
+            "these weights."
+        ) from e
+    except (ValueError, KeyError, OSError, RecursionError) as e:
         raise UnsupportedArchitectureError(
             f"transformers cannot read {config_path}: {e}. Check that its model_type is one "
             "that your transformers version knows, or upgrade transformers."
         ) from e
-    files = _weight_files(root)
+    check_config(config, config_path)
+    index = _index(root)
+    files = sorted(set(index.values())) if index is not None else _unindexed_files(root)
     tensors: dict[str, TensorEntry] = {}
     for file in files:
-        tensors.update(read_header(file))
+        for name, entry in read_header(file).items():
+            if name in tensors:
+                raise CorruptCheckpointError(
+                    f"{name} is stored twice, in {tensors[name].file.name} and {file.name}, so it is not "
+                    f"clear which one is the model's; remove the stale shard or re-save {root} with "
+                    "`save_pretrained`."
+                )
+            if index is not None and name in index and index[name] != file:
+                raise CorruptCheckpointError(
+                    f"{INDEX_NAME} puts {name} in {index[name].name}, but it is in {file.name}; the "
+                    "shards and the index come from different saves. Re-save the checkpoint with "
+                    "`save_pretrained` (or copy the matching files)."
+                )
+            tensors[name] = entry
+    if index is not None and (absent := sorted(set(index) - set(tensors))):
+        raise CorruptCheckpointError(
+            f"{INDEX_NAME} lists {len(absent)} tensor(s) that its shards do not hold (e.g. {absent[0]} "
+            f"in {index[absent[0]].name}); the shards and the index come from different saves. "
+            "Re-save the checkpoint with `save_pretrained`."
+        )
     return Checkpoint(root=root, config=config, tensors=tensors)
 
 
-def _weight_files(root: Path) -> list[Path]:
+def _index(root: Path) -> dict[str, Path] | None:
+    """The index's tensor name → shard file, every shard checked to lie in ``root``; None without an index."""
     index = root / INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
+    if not index.is_file():
+        return None
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError) as e:
+        raise CorruptCheckpointError(
+            f"{index} is not a valid safetensors index ({type(e).__name__}: {e}); re-save the "
+            "checkpoint with `save_pretrained`."
+        ) from e
+    if not isinstance(weight_map, dict):
+        raise CorruptCheckpointError(
+            f"{index}'s weight_map is a {type(weight_map).__name__}, not a mapping of tensor names to "
+            'shard file names ({"model.embed_tokens.weight": "model-00001-of-00002.safetensors", ...}); '
+            "re-save the checkpoint with `save_pretrained`."
+        )
+    if odd := next(((k, v) for k, v in weight_map.items() if not isinstance(v, str)), None):
+        raise CorruptCheckpointError(
+            f"{index}'s weight_map maps {odd[0]} to {odd[1]!r}, not to a shard file name; re-save the "
+            "checkpoint with `save_pretrained`."
+        )
+    inside = os.path.normpath(root)
+    shards = {}
+    for file in set(weight_map.values()):
+        path = os.path.normpath(os.path.join(inside, file))  # by name: a symlink in root stays allowed
+        if os.path.commonpath([inside, path]) != inside or path == inside:
             raise CorruptCheckpointError(
-                f"{index} is not a valid safetensors index ({e}); re-save the checkpoint with "
-                "`save_pretrained`."
-            ) from e
-        files = sorted({root / name for name in weight_map.values()})
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise CorruptCheckpointError(
-                f"{index.name} names shard(s) {missing} that are not in {root}; copy the "
-                "missing files into the folder (or re-download the checkpoint)."
+                f"{index.name} names shard {file!r}, which is outside {root}; every shard must be a "
+                "file in the model folder. Fix the index (or re-save the checkpoint with `save_pretrained`)."
             )
-        return files
+        shards[file] = Path(path)
+    missing = sorted(f.name for f in shards.values() if not f.is_file())
+    if missing:
+        raise CorruptCheckpointError(
+            f"{index.name} names shard(s) {missing} that are not in {root}; copy the "
+            "missing files into the folder (or re-download the checkpoint)."
+        )
+    return {name: shards[file] for name, file in weight_map.items()}
+
+
+def _unindexed_files(root: Path) -> list[Path]:
     single = root / "model.safetensors"
     if single.is_file():
         return [single]

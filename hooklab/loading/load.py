@@ -174,7 +174,7 @@ def _checked_plan(
 def _tokenizer(src: Source):
     try:
         return AutoTokenizer.from_pretrained(src.path, local_files_only=True)
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, RecursionError) as e:
         raise MissingTokenizerError(
             f"{src.path} has no usable tokenizer ({e}). Save one next to the weights with "
             "`tokenizer.save_pretrained(folder)`."

@@ -159,22 +159,49 @@ def resolve_devices(
 
 
 def capacities(devices: Sequence[str], max_memory: MaxMemory | None) -> list[int | None]:
-    """Bytes each slot may take: ``max_memory`` where given, else a GPU's free memory, else no limit."""
+    """Bytes each slot may take: ``max_memory`` where given, else a GPU's free memory, else no limit.
+
+    ``max_memory`` is one budget for every device, a list with one per slot, or a dict by device;
+    each budget is bytes (int) or a size string such as ``"20GiB"``.
+    """
     if max_memory is None:
         return [torch.cuda.mem_get_info(torch.device(d))[0] if d.startswith("cuda") else None for d in devices]
-    if isinstance(max_memory, Mapping):
+    if isinstance(max_memory, (int, str)):
+        values = [max_memory] * len(devices)
+    elif isinstance(max_memory, Mapping):
         by_device = {canonical_device(k): v for k, v in max_memory.items()}
         missing = [d for d in devices if d not in by_device]
         if missing:
             raise PlacementError(f"max_memory has no entry for {missing}; give a budget for every device.")
         values = [by_device[d] for d in devices]
-    else:
+    elif isinstance(max_memory, Sequence):
         values = list(max_memory)
         if len(values) != len(devices):
             raise PlacementError(
                 f"max_memory lists {len(values)} budgets for {len(devices)} devices; give one per device."
             )
-    return [v if isinstance(v, int) else convert_file_size_to_int(v) for v in values]
+    else:
+        raise PlacementError(f"max_memory is a {type(max_memory).__name__}; {_BUDGET_FORMS}")
+    return [_budget(v) for v in values]
+
+
+_BUDGET_FORMS = (
+    "give one budget for every device (20 * 2**30 or '20GiB'), a list with one per device, or a "
+    "dict by device ({'cuda:0': '20GiB', 'cuda:1': '30GiB'})."
+)
+
+
+def _budget(value: object) -> int:
+    """One device's budget in bytes, from bytes or a size string."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise PlacementError(f"max_memory budget {value!r} is neither bytes nor a size string; {_BUDGET_FORMS}")
+    try:
+        size = value if isinstance(value, int) else convert_file_size_to_int(value.strip())
+    except ValueError as e:
+        raise PlacementError(f"max_memory budget {value!r} is not a size ({e}); use e.g. '20GiB' or '500MB'.") from e
+    if size <= 0:
+        raise PlacementError(f"max_memory budget {value!r} is not positive; give each device some memory.")
+    return size
 
 
 def plan_layers(

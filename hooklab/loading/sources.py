@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +23,21 @@ class Source:
 
 def resolve_source(source: str | os.PathLike) -> Source:
     """Turn what the user passed into a local folder or GGUF file, fetching the default if named."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise UnknownModelError(
+            f"the model source is {source!r} ({type(source).__name__}); pass a folder path "
+            f"(config.json + *.safetensors), a .gguf file, or a known name ({', '.join(sorted(EMBEDDED))})."
+        )
     text = os.fspath(source)
     if isinstance(source, str) and text.lower() in EMBEDDED:
         return Source("hf", embedded_folder(EMBEDDED[text.lower()]), text.lower())
     path = Path(text).expanduser()
     if not path.exists():
         if _looks_like_name(text):
+            close = difflib.get_close_matches(text.lower(), EMBEDDED, n=1)
+            hint = f"Did you mean '{close[0]}'? " if close else ""
             raise UnknownModelError(
-                f"'{text}' is not a model hooklab knows and not an existing path. Known names: "
+                f"'{text}' is not a model hooklab knows and not an existing path. {hint}Known names: "
                 f"{', '.join(sorted(EMBEDDED))}. hooklab never downloads from a model hub: pass "
                 "a local folder (config.json + *.safetensors) or a .gguf file."
             )

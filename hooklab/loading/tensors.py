@@ -1,4 +1,4 @@
-"""Match a checkpoint's tensors to the model's names and shapes, before anything is read."""
+"""Match a checkpoint's tensors to the model's names, shapes and dtype kinds, before anything is read."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class Wanted:
 def match_tensors(model: PreTrainedModel, checkpoint: Checkpoint) -> list[Wanted]:
     """Every tensor the model needs, found in the checkpoint with the right shape.
 
+    A float parameter stored as integers (or the reverse) is refused, never cast.
     Tied tensors are loaded once (whichever name the file has); names may differ from the
     model's by the base-model prefix (``transformer.``, ``model.``), as old checkpoints do.
     """
@@ -52,6 +53,14 @@ def match_tensors(model: PreTrainedModel, checkpoint: Checkpoint) -> list[Wanted
                 f"{key} in {entry.file.name} has shape {list(entry.shape)} but the config in "
                 f"{checkpoint.root} says {list(tensor.shape)}; the weights and config.json come "
                 "from different models. Use the config.json saved with these weights."
+            )
+        if entry.dtype.is_floating_point != tensor.is_floating_point():
+            # Casting would turn integer bit patterns into float garbage, or truncate floats.
+            kind = "floating-point" if tensor.is_floating_point() else "integer"
+            raise CheckpointMismatchError(
+                f"{key} in {entry.file.name} is stored as {entry.dtype}, but the model's {name} is a "
+                f"{kind} tensor ({tensor.dtype}); the file's header is damaged or was written by "
+                "another tool. Re-save the checkpoint with `save_pretrained`."
             )
         dtype = tensor.dtype if tensor.is_floating_point() else entry.dtype
         wanted.append(Wanted(name, key, entry, dtype))

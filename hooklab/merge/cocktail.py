@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -120,14 +121,19 @@ def cocktail_weights(
     sources: Sequence[TensorSource], examples: ExamplesLike, *, temperature: float = 5.0, device: str = "cpu"
 ) -> CocktailWeights:
     """softmax(−loss / T) over the models, each loaded on ``device`` in turn and released."""
-    if temperature <= 0:
-        raise MergeConfigError(f"temperature must be > 0, got {temperature}.")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise MergeConfigError(f"temperature must be a finite number > 0, got {temperature!r}.")
     pairs = read_examples(examples)
     losses = []
     for source in sources:
         model = source.load(device)
         losses.append(answer_loss(model, pairs))
         log.info("answer loss of %s on %d examples: %.4f", source.label, len(pairs), losses[-1])
+        if not math.isfinite(losses[-1]):
+            raise MergeConfigError(
+                f"{source.label} has a non-finite loss ({losses[-1]}) on the examples, so it cannot be weighed; "
+                "check its weights for NaN or infinity, or give the weights yourself."
+            )
         del model
         gc.collect()
         if device.startswith("cuda"):

@@ -7,6 +7,7 @@ and unembedding its last, layer i the value interpolated at i / (n_layers - 1).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -40,9 +41,9 @@ class Param:
             return value
         values = value if isinstance(value, (list, tuple)) and self.by_depth else [value]
         for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 shape = "a number or a list of numbers (a gradient over depth)" if self.by_depth else "a number"
-                raise MergeConfigError(f"{method}'s {name} is {value!r}; it must be {shape}.")
+                raise MergeConfigError(f"{method}'s {name} is {value!r}; it must be {shape}, finite (not NaN or inf).")
             if (self.low is not None and v < self.low) or (self.high is not None and v > self.high):
                 raise MergeConfigError(f"{method}'s {name} is {v}; it must lie in [{self.low}, {self.high}].")
         if isinstance(value, (list, tuple)):

@@ -107,7 +107,13 @@ class FolderSource:
     def vocab(self) -> dict[str, int]:
         fast = self.root / "tokenizer.json"
         if fast.is_file():  # read by the tokenizers library directly: much quicker than AutoTokenizer
-            return Tokenizer.from_file(str(fast)).get_vocab(with_added_tokens=True)
+            try:
+                return Tokenizer.from_file(str(fast)).get_vocab(with_added_tokens=True)
+            except Exception as e:  # tokenizers raises plain Exception on a damaged file
+                raise MissingTokenizerError(
+                    f"{fast} is not a readable tokenizer ({e}), so the merge cannot check that the models "
+                    "share a vocabulary; save the tokenizer again with `tokenizer.save_pretrained(folder)`."
+                ) from e
         if self._tokenizer is None:
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(self.root, local_files_only=True)

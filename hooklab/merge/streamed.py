@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -35,6 +36,7 @@ from hooklab.merge.checks import check_compatible
 from hooklab.merge.cocktail import ExamplesLike, cocktail_weights
 from hooklab.merge.sources import FolderSource, TensorSource, TensorSpec, open_sources
 from hooklab.merge.pipeline import Scratch, run_pipeline
+from hooklab.merge.swap import clean_leftovers
 from hooklab.merge.writer import StagedCheckpoint, plan_shards
 from hooklab.model import HookedModel
 from hooklab.sites import layout_for, tensor_depth
@@ -89,7 +91,8 @@ def merge(
         device: where tensors are merged (default GPU 0, else the CPU).
         dtype: of the merged floating-point tensors (default: the first model's).
         shard_size: bytes per output shard (``"5GB"``).
-        overwrite: replace an existing ``out``, only once the new merge is complete.
+        overwrite: replace an existing ``out``, only once the new merge is complete; until then
+            ``out`` is the old complete folder (:mod:`hooklab.merge.swap`).
         workers: tensors merged at once (default 1 on the CPU, 4 on a GPU).
 
     Example:
@@ -109,6 +112,7 @@ def merge(
         inputs, base_src = _roles(spec, opened[: len(sources)], opened[len(sources)] if base is not None else None)
         everyone = [base_src, *inputs] if base_src is not None else inputs
         primary = everyone[0]  # gives the config, tokenizer and non-float tensors
+        clean_leftovers(out)
         _check_out(out, overwrite, everyone)
         specs = check_compatible(everyone)
         merge_weights, losses = _weights(spec, params, weights, inputs, examples, temperature, slot)
@@ -202,6 +206,8 @@ def _weights(
     weights = tuple(weights)
     if len(weights) != len(inputs) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
         raise MergeConfigError(f"weights {list(weights)} for {len(inputs)} models; give one number per model.")
+    if not all(math.isfinite(w) for w in weights):
+        raise MergeConfigError(f"weights {list(weights)} include NaN or infinity; give one finite number per model.")
     if params.get("normalize") and params.get("consensus") is None and abs(sum(weights)) < 1e-12:
         raise MergeConfigError(f"weights {list(weights)} sum to 0, and {spec.name} divides by their sum.")
     return tuple(float(w) for w in weights), None
@@ -222,10 +228,18 @@ def _generator(params: Mapping[str, Any], name: str, slot: str) -> torch.Generat
 
 
 def _check_out(out: Path, overwrite: bool, sources: Sequence[TensorSource]) -> None:
+    above = next(p for p in out.parents if os.path.lexists(p))
+    if not above.is_dir():
+        raise MergeConfigError(
+            f"out={out} lies under {above}, which is a file, not a folder; choose an out whose parent "
+            "folders are folders (or can be created)."
+        )
     for s in sources:
         if isinstance(s, FolderSource) and s.root.resolve() == out.resolve():
             raise MergeConfigError(f"out={out} is one of the models being merged; write the merge elsewhere.")
-    if out.exists() and (out.is_file() or not overwrite):
+    if out.is_file():
+        raise MergeConfigError(f"out={out} is a file; a merge writes a folder there. Choose another out.")
+    if out.exists() and not overwrite:
         raise MergeConfigError(
             f"{out} already exists; choose another out, or pass overwrite=True (the old folder is "
             "replaced only once the new merge is complete)."

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +25,7 @@ from hooklab.errors import MergeConfigError
 from hooklab.loading.checkpoint import DTYPES, INDEX_NAME
 from hooklab.loading.stream import TensorIO
 from hooklab.merge.sources import TensorSpec
+from hooklab.merge.swap import partial_folder, put_in_place
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class StagedCheckpoint:
         self.plan = plan
         self.overwrite = overwrite
         out.parent.mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        self.folder = partial_folder(out)
         self._fds: list[int] = []
         try:
             for file, header, size in zip(plan.files, plan.headers, self._file_sizes()):
@@ -127,21 +127,19 @@ class StagedCheckpoint:
         io.write(tensor.contiguous(), self._fds[slot.shard], slot.offset)
 
     def commit(self) -> Path:
-        """Close the shards, write the index, and move the finished folder to ``out``."""
+        """Close the shards, write the index, and move the finished folder to ``out``.
+
+        With ``overwrite``, ``out`` stays the old complete folder until the new one takes its
+        name in one step (see :mod:`hooklab.merge.swap` for systems that cannot swap folders).
+        """
         self._close()
         if len(self.plan.files) > 1:
             weight_map = {s.name: self.plan.files[s.shard] for s in sorted(self.plan.slots.values(), key=lambda s: s.name)}
             index = {"metadata": {"total_size": self.plan.nbytes}, "weight_map": weight_map}
             (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
-        old = None
-        if self.out.exists():
-            if not self.overwrite:
-                raise MergeConfigError(f"{self.out} appeared while merging; pass overwrite=True or choose another out.")
-            old = self.out.with_name(f".{self.out.name}.{os.getpid()}.replaced")
-            self.out.rename(old)
-        self.folder.rename(self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if os.path.lexists(self.out) and not self.overwrite:
+            raise MergeConfigError(f"{self.out} appeared while merging; pass overwrite=True or choose another out.")
+        put_in_place(self.folder, self.out)
         return self.out
 
     def abort(self) -> None:
