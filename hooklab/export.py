@@ -61,12 +61,8 @@ def save_pretrained(
     out = Path(folder).expanduser()
     _refuse_attached_memory(model)
     _refuse_processed_weights(model)
-    if out.exists() and (out.is_file() or (any(out.iterdir()) and not overwrite)):
-        raise ExportError(
-            f"{out} already exists and is not an empty folder; choose another folder, or pass overwrite=True "
-            "(the old one is replaced only once the new checkpoint is complete)."
-        )
-    shard_bytes = convert_file_size_to_int(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
+    _refuse_occupied(out, overwrite)
+    shard_bytes = _shard_bytes(max_shard_size)
     weights = _checkpoint_tensors(model)
     stored = next(t.dtype for t in weights.values() if t.is_floating_point())
     dtype = resolve_dtype(dtype, stored, ["cpu"])
@@ -81,12 +77,34 @@ def save_pretrained(
         if generation is not None:
             generation.save_pretrained(staging)
         model.tokenizer.save_pretrained(staging)
+        _refuse_occupied(out, overwrite)  # again: something may have been written there meanwhile
         _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     log.info("saved %s (%d tensors, %s) to %s", model.name, len(weights), dtype, out)
     return out
+
+
+def _refuse_occupied(out: Path, overwrite: bool) -> None:
+    if out.is_file():
+        raise ExportError(f"{out} is a file; save the checkpoint to a folder (a new or an empty one).")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ExportError(
+            f"{out} already exists and is not an empty folder; choose another folder, or pass overwrite=True "
+            "(the old one is replaced only once the new checkpoint is complete)."
+        )
+
+
+def _shard_bytes(size: int | str) -> int:
+    """``"2GB"``, ``"500MiB"``, ``"1000"`` or 1000 as a positive number of bytes."""
+    try:
+        n = int(size) if isinstance(size, int) or str(size).isdigit() else convert_file_size_to_int(size)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise ExportError(f"max_shard_size={size!r} is not a size; give bytes (an integer) or a string such as '2GB'.")
+    return n
 
 
 def _refuse_attached_memory(model: HookedModel) -> None:

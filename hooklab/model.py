@@ -29,7 +29,9 @@ class HookedModel:
     """A loaded model with TransformerLens hooks.
 
     Attributes not defined here are the bridge's, so ``model.run_with_cache(...)``,
-    ``model.hook_dict`` or ``model.blocks[3]`` are TransformerLens's own.
+    ``model.hook_dict`` or ``model.blocks[3]`` are TransformerLens's own. The two calls that
+    would rewrite the weights in place, ``enable_compatibility_mode()`` and ``process_weights()``,
+    are refused unless ``allow_weight_rewrite=True`` says so (edits and fingerprints depend on them).
 
     Example:
         >>> model = hooklab.load("smollm2")
@@ -183,7 +185,8 @@ def _rewrite_message(call: str, *, legacy_hooks: bool) -> str:
         f"{call} rewrites the model's weights in place: TransformerLens folds the layer norms into the "
         "weights that read them, centres the weights that write to the residual stream and the unembedding, "
         "folds value biases and unties tied embeddings. The fingerprint changes, so edit files and WISE memories "
-        "made for this model are refused from then on, edits applied now can no longer be undone, and the logits "
+        "made for this model are refused from then on, an edit applied now can be undone only where the processing "
+        "left its layer's weights alone, and the logits "
         "shift by a constant per position; a processed model cannot be saved as an HF checkpoint. Save what you "
         "need first (edit.save, mem.save, model.save_pretrained), "
         f"then pass allow_weight_rewrite=True (or call model.bridge.{call[:-2]}(...) directly).{alone}"

@@ -9,6 +9,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from conftest import make_pico
 from editing import FACTS, key_moments, same_weights, snapshot
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -148,6 +149,8 @@ def test_occupied_folder_refused_overwrite_replaces_it_only_when_complete(pico_l
     (out / "notes.txt").write_text("mine")
     with pytest.raises(ExportError, match="overwrite=True"):
         model.save_pretrained(out)
+    with pytest.raises(ExportError, match="not a size; give bytes"):
+        model.save_pretrained(tmp_path / "new", max_shard_size="2 gigs")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
     calls = []
@@ -199,11 +202,16 @@ def test_weight_processing_refused_unless_allowed(pico, tmp_path):
     assert model.bridge.compatibility_mode
 
 
-def test_allowed_rewrite_changes_the_fingerprint_as_the_message_says(pico_llama, tmp_path):
-    model = hooklab.load(pico_llama, device="cpu")
-    path = edited(model).save(tmp_path / "e.safetensors")
-    model = hooklab.load(pico_llama, device="cpu")
+def test_allowed_rewrite_does_to_edits_what_the_message_says(tmp_path, tokenizer_dir):
+    """GPT-2 (layer norms with biases): processing centres the edited MLP output projection too."""
+    model = hooklab.load(make_pico("gpt2", tmp_path / "gpt2", tokenizer_dir), device="cpu")
+    edit = edited(model)
+    path = edit.save(tmp_path / "e.safetensors")
+    fp = model.fingerprint
     model.enable_compatibility_mode(disable_warnings=True, allow_weight_rewrite=True)
+    assert model.fingerprint != fp
+    with pytest.raises(EditMismatchError, match="changed after this edit was applied"):
+        edit.undo()
     with pytest.raises(EditMismatchError, match="was made for a model with fingerprint"):
         hooklab.apply_edit(model, path)
     with pytest.raises(ExportError, match="Save the model before processing it"):
