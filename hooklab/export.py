@@ -113,7 +113,8 @@ def _refuse_attached_memory(model: HookedModel) -> None:
         raise ExportError(
             "a WISE side memory is attached to this model: its edits live in the memory's router, not in "
             "the weights, so a plain checkpoint cannot hold them. Save the memory with `mem.save(path)` (and "
-            "`WiseMemory.load(model, path)` after loading the saved base model), then `mem.detach()` and save the model."
+            "`WiseMemory.load(model, path)` after loading the saved base model), then `mem.detach()` and save "
+            "the model."
         )
 
 
@@ -123,8 +124,8 @@ def _refuse_processed_weights(model: HookedModel) -> None:
         raise ExportError(
             "TransformerLens's weight processing (enable_compatibility_mode() or process_weights()) rewrote this "
             "model's weights, and part of the result (for instance GPT-2's split attention, or value biases folded "
-            "into output projections that have no bias) lives in TransformerLens's components, where no HF checkpoint can hold "
-            "it. Save the model before processing it, or load it afresh and save that."
+            "into output projections that have no bias) lives in TransformerLens's components, where no HF "
+            "checkpoint can hold it. Save the model before processing it, or load it afresh and save that."
         )
 
 

@@ -116,8 +116,8 @@ def pico_gguf(tmp_path_factory, tokenizer_dir):
     rng = np.random.default_rng(0)
     shapes = {"token_embd.weight": (len(tokens), d), "output_norm.weight": (d,), "output.weight": (len(tokens), d)}
     for i in range(layers):
-        shapes |= {f"blk.{i}.attn_norm.weight": (d,), f"blk.{i}.ffn_norm.weight": (d,), f"blk.{i}.attn_q.weight": (d, d),
-                   f"blk.{i}.attn_k.weight": (d // heads * kv, d), f"blk.{i}.attn_v.weight": (d // heads * kv, d),
+        shapes |= {f"blk.{i}.attn_norm.weight": (d,), f"blk.{i}.ffn_norm.weight": (d,),
+                   f"blk.{i}.attn_q.weight": (d, d), f"blk.{i}.attn_k.weight": (d // heads * kv, d), f"blk.{i}.attn_v.weight": (d // heads * kv, d),
                    f"blk.{i}.attn_output.weight": (d, d), f"blk.{i}.ffn_gate.weight": (f, d),
                    f"blk.{i}.ffn_up.weight": (f, d), f"blk.{i}.ffn_down.weight": (d, f)}  # fmt: skip
     for name, shape in shapes.items():
