@@ -118,6 +118,17 @@ def eval_cmd(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps({"protocol": protocol, "n": len(records), **columns}, indent=1))
 
 
+def export_cmd(args: argparse.Namespace) -> None:
+    """Apply edit files to a model, in order, and save the result as a standard HF checkpoint folder."""
+    import hooklab
+
+    model = hooklab.load(args.model, device=args.device)
+    for path in args.edit:
+        hooklab.apply_edit(model, path)
+    out = model.save_pretrained(args.out, args.max_shard_size, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"Saved {model.name} with {len(args.edit)} edit(s) applied to {out} (fingerprint {model.fingerprint})")
+
+
 def merge(args: argparse.Namespace) -> None:
     """Run a YAML merge recipe (mergekit's shape) and say where the result is."""
     import logging
@@ -235,6 +246,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     p.add_argument("--device", default=None, help="cpu or cuda:N (default: GPU 0 if any, else CPU)")
     p.set_defaults(run=eval_cmd)
+
+    p = jobs.add_parser("export", help="save a model, with edit files applied, as a standard HF checkpoint folder")
+    p.add_argument("--model", required=True, help="an HF folder, a .gguf file or 'smollm2'")
+    p.add_argument("--edit", nargs="+", default=[], help="edit files, applied in the order given")
+    p.add_argument("--out", required=True, help="the checkpoint folder to write")
+    p.add_argument("--max-shard-size", default="5GB", help="bytes per safetensors shard, e.g. 2GB")
+    p.add_argument("--dtype", default=None, help="dtype of the saved weights, e.g. bfloat16 (default: the model's)")
+    p.add_argument("--overwrite", action="store_true", help="replace out once the new checkpoint is complete")
+    p.add_argument("--device", default=None, help="cpu or cuda:N (default: GPU 0 if any, else CPU)")
+    p.set_defaults(run=export_cmd)
 
     p = jobs.add_parser("merge", help="merge models as a YAML recipe says (linear, task_arithmetic, ties, slerp)")
     p.add_argument("config", help="YAML recipe: models, method, base_model, parameters, dtype, out")

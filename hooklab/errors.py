@@ -136,3 +136,11 @@ class TraceArgumentError(HooklabError, ValueError):
 
 class WiseMemoryError(HooklabError):
     """A WISE side memory that cannot be attached, trained or loaded as asked."""
+
+
+class ExportError(HooklabError):
+    """A model that cannot be saved as a checkpoint as asked (a WISE memory attached, an occupied folder)."""
+
+
+class WeightRewriteError(HooklabError):
+    """A call that would rewrite the model's weights in place (TransformerLens's weight processing)."""

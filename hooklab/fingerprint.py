@@ -23,7 +23,8 @@ _A, _B = -7046029254386353131, 7640891576956012809
 def tensor_digest(tensor: torch.Tensor) -> int:
     """A 64-bit digest of a tensor's bits, computed on its device."""
     words = tensor.detach().contiguous().reshape(-1).view(_INT_OF_SIZE[tensor.element_size()])
-    weights = (torch.arange(_CHUNK, device=tensor.device, dtype=torch.int64) * _A + _B) | 1
+    width = min(_CHUNK, words.numel())  # no wider than the tensor: most tensors are far smaller than a chunk
+    weights = (torch.arange(width, device=tensor.device, dtype=torch.int64) * _A + _B) | 1
     total = torch.zeros((), dtype=torch.int64, device=tensor.device)
     for i, chunk in enumerate(words.split(_CHUNK)):
         n = chunk.numel()

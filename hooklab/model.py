@@ -7,7 +7,10 @@ the placement of layers on devices and a fingerprint of the weights.
 
 from __future__ import annotations
 
+import inspect
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,6 +18,7 @@ from jaxtyping import Int
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from hooklab.errors import WeightRewriteError
 from hooklab.fingerprint import fingerprint
 
 if TYPE_CHECKING:
@@ -25,7 +29,9 @@ class HookedModel:
     """A loaded model with TransformerLens hooks.
 
     Attributes not defined here are the bridge's, so ``model.run_with_cache(...)``,
-    ``model.hook_dict`` or ``model.blocks[3]`` are TransformerLens's own.
+    ``model.hook_dict`` or ``model.blocks[3]`` are TransformerLens's own. The two calls that
+    would rewrite the weights in place, ``enable_compatibility_mode()`` and ``process_weights()``,
+    are refused unless ``allow_weight_rewrite=True`` says so (edits and fingerprints depend on them).
 
     Example:
         >>> model = hooklab.load("smollm2")
@@ -100,6 +106,41 @@ class HookedModel:
         )
         return self.tokenizer.decode(out[0, tokens.shape[1] :], skip_special_tokens=True)
 
+    def save_pretrained(
+        self,
+        folder: str | os.PathLike,
+        max_shard_size: int | str = "5GB",
+        *,
+        dtype: torch.dtype | str | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Save the current weights (edits applied), config and tokenizer as a standard HF folder.
+
+        Written tensor by tensor from each device, atomically; see :func:`hooklab.export.save_pretrained`.
+
+        Example:
+            >>> model.save_pretrained("edited", max_shard_size="2GB")   # AutoModelForCausalLM / hooklab.load read it
+        """
+        from hooklab.export import save_pretrained  # it builds on this module
+
+        return save_pretrained(self, folder, max_shard_size, dtype=dtype, overwrite=overwrite)
+
+    def enable_compatibility_mode(self, *args: Any, allow_weight_rewrite: bool = False, **kwargs: Any) -> None:
+        """TransformerLens's compatibility mode; refused where it would rewrite the weights, unless allowed.
+
+        ``no_processing=True`` (legacy hook names only) leaves the weights alone and always runs.
+        """
+        bound = inspect.signature(self.bridge.enable_compatibility_mode).bind(*args, **kwargs)
+        if not bound.arguments.get("no_processing", False) and not allow_weight_rewrite:
+            raise WeightRewriteError(_rewrite_message("enable_compatibility_mode()", legacy_hooks=True))
+        self.bridge.enable_compatibility_mode(*args, **kwargs)
+
+    def process_weights(self, *args: Any, allow_weight_rewrite: bool = False, **kwargs: Any) -> None:
+        """TransformerLens's weight processing (fold_ln, centring, ...); refused unless allowed."""
+        if not allow_weight_rewrite:
+            raise WeightRewriteError(_rewrite_message("process_weights()", legacy_hooks=False))
+        self.bridge.process_weights(*args, **kwargs)
+
     def named_weights(self) -> list[tuple[str, Tensor]]:
         """The HF model's parameters under their checkpoint names (shared tensors once)."""
         return [(name, getattr(module, attr)) for name, (module, attr) in self._weight_slots.items()]
@@ -134,6 +175,22 @@ class HookedModel:
             f"HookedModel({self.name!r}, {c.architecture}, n_layers={c.n_layers}, d_model={c.d_model}, "
             f"d_mlp={c.d_mlp}, n_heads={c.n_heads}, d_vocab={c.d_vocab}, dtype={c.dtype}, on {where})"
         )
+
+
+def _rewrite_message(call: str, *, legacy_hooks: bool) -> str:
+    """Why TransformerLens's weight processing is refused, and how to go ahead anyway."""
+    alone = (" For TransformerLens's legacy hook names alone, enable_compatibility_mode(no_processing=True) "
+             "leaves the weights as they are." if legacy_hooks else "")  # fmt: skip
+    return (
+        f"{call} rewrites the model's weights in place: TransformerLens folds the layer norms into the "
+        "weights that read them, centres the weights that write to the residual stream and the unembedding, "
+        "folds value biases and unties tied embeddings. The fingerprint changes, so edit files and WISE memories "
+        "made for this model are refused from then on, an edit applied now can be undone only where the processing "
+        "left its layer's weights alone, and the logits "
+        "shift by a constant per position; a processed model cannot be saved as an HF checkpoint. Save what you "
+        "need first (edit.save, mem.save, model.save_pretrained), "
+        f"then pass allow_weight_rewrite=True (or call model.bridge.{call[:-2]}(...) directly).{alone}"
+    )
 
 
 def weight_slots(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
