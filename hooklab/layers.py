@@ -18,7 +18,6 @@ def check_layers(layers: Iterable[int], n_layers: int, error: type[HooklabError]
             index = None
         (out if index is not None and 0 <= index < n_layers else bad).append(layer if index is None else index)
     if bad:
-        which = f"layer {bad[0]!r} is" if len(bad) == 1 else f"layers {bad} are"
-        raise error(f"{which} out of range: the model has layers 0..{n_layers - 1} (count from 0; "
+        raise error(f"layer(s) {bad} out of range: the model has layers 0..{n_layers - 1} (count from 0; "
                     "write n_layers - 1 for the last).")  # fmt: skip
     return out

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
-from hooklab.errors import LayerIndexError, UnsupportedArchitectureError
+from hooklab.errors import UnsupportedArchitectureError
+from hooklab.layers import check_layers
 
 if TYPE_CHECKING:
     from hooklab.model import HookedModel
@@ -152,9 +153,7 @@ class MlpOut:
 
 def mlp_out(model: HookedModel, layer: int) -> MlpOut:
     """The MLP output projection of ``layer`` (where ROME, MEMIT and WISE write)."""
-    n_layers = model.cfg.n_layers
-    if not 0 <= layer < n_layers:
-        raise LayerIndexError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}.")
+    (layer,) = check_layers([layer], model.cfg.n_layers)
     block = model.bridge.blocks[layer]
     out = getattr(block.mlp, "out", None)
     if out is None:
@@ -176,9 +175,7 @@ def block(model: HookedModel, layer: int) -> nn.Module:
     For running the blocks above a site from a cached residual: each block is called with the
     arguments it received in a full forward.
     """
-    n_layers = model.cfg.n_layers
-    if not 0 <= layer < n_layers:
-        raise LayerIndexError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}.")
+    (layer,) = check_layers([layer], model.cfg.n_layers)
     return model.bridge.blocks[layer]
 
 

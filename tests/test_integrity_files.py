@@ -338,7 +338,7 @@ BAD_EDITS = {
     "a layer out of range": (
         dict(tensors=lambda t: renamed(t, f"layers.{L}.", "layers.7."),
              meta=lambda m: {**m, "layers": "[7]", "hparams": json.dumps({**json.loads(m["hparams"]), "layer": 7})}),
-        r"edits layer\(s\) \[7\], but the model has layers 0..1"),
+        r"edits layer\(s\) \[7\] out of range: the model has layers 0..1"),
     "layers the hparams do not edit": (
         dict(meta=lambda m: {**m, "layers": "[0, 1]"}), r"lists layers \[0, 1\], but its rome hparams edit \[0\]"),
     "no base_fingerprint": (
@@ -378,7 +378,7 @@ def test_edit_files_missing_damaged_or_not_finite(setup, edit_file, tmp_path):
         Edit.load(rewrite(edit_file, tmp_path / "int.safetensors", tensors=lambda t: {k: v.int() for k, v in t.items()}))
     far = rewrite(edit_file, tmp_path / "far.safetensors", tensors=lambda t: renamed(t, f"layers.{L}.", "layers.7."),
                   meta=lambda m: {**m, "layers": "[7]", "hparams": json.dumps({**json.loads(m["hparams"]), "layer": 7})})
-    with pytest.raises(errors.LayerIndexError, match="layer 7 is out of range"):  # loaded alone, then applied
+    with pytest.raises(errors.LayerIndexError, match=r"layer\(s\) \[7\] out of range"):  # loaded alone, then applied
         Edit.load(far).apply(model)
     nan = rewrite(edit_file, tmp_path / "nan.safetensors", tensors=lambda t: {k: v.clone().fill_(float("nan")) for k, v in t.items()})
     with pytest.raises(errors.EditSolveError, match="NaN or infinite values; nothing was applied"):
@@ -389,7 +389,7 @@ def test_edit_files_missing_damaged_or_not_finite(setup, edit_file, tmp_path):
 def test_sites_refuse_layers_out_of_range(setup):
     model = setup[0]
     for find in (sites.mlp_out, sites.block):
-        with pytest.raises(errors.LayerIndexError, match="layer 2 is out of range: the model has layers 0..1"):
+        with pytest.raises(errors.LayerIndexError, match=r"layer\(s\) \[2\] out of range: the model has layers 0..1"):
             find(model, 2)
 
 
@@ -452,7 +452,7 @@ BAD_MEMORIES = {
     "hparams not JSON": (dict(meta=lambda m: {**m, "hparams": "{"}), "metadata 'hparams' is not JSON"),
     "hparams of a layer out of range": (
         dict(meta=lambda m: {**m, "hparams": json.dumps({**json.loads(m["hparams"]), "layer": 5})}),
-        "hparams do not fit this model.*layer 5 is out of range"),
+        "hparams do not fit this model.*layer\\(s\\) \\[5\\] out of range"),
     "no shard counts": (dict(meta=lambda m: {k: v for k, v in m.items() if k != "shard_edits"}), r"lacks metadata \['shard_edits'\]"),
     "edit scores not numbers": (dict(meta=lambda m: {**m, "edit_scores": '["a"]'}), "malformed"),
     "no unrelated texts": (dict(meta=lambda m: {**m, "unrelated": "[]"}), "malformed.*save the memory again"),

@@ -29,6 +29,7 @@ from hooklab.edit import registry
 from hooklab.edit.request import EditRequest
 from hooklab.errors import EditFileError, EditMismatchError, EditSolveError, HooklabError
 from hooklab.fingerprint import tensor_digest
+from hooklab.layers import check_layers
 from hooklab.model import HookedModel
 from hooklab.tensorfiles import TensorSpec
 
@@ -249,13 +250,11 @@ def _load(path: str | os.PathLike, devices: Mapping[int, torch.device] | None, m
     method, layers, requests, hparams = _header(meta, path)
     dims = {"requests": len(requests)}
     if model is not None:
-        n_layers = model.cfg.n_layers
-        outside = [layer for layer in layers if not 0 <= layer < n_layers]
-        if outside:
-            raise EditFileError(
-                f"{path} edits layer(s) {outside}, but the model has layers 0..{n_layers - 1}; "
-                "the file is damaged or for another model. Apply it to the model it was made for."
-            )
+        try:
+            check_layers(layers, model.cfg.n_layers, EditFileError)
+        except EditFileError as e:
+            raise EditFileError(f"{path} edits {e} The file is damaged or for another model: apply it to the model "
+                                "it was made for.") from None  # fmt: skip
         targets = {layer: sites.mlp_out(model, layer) for layer in layers}
         dims["d_model"], dims["d_mlp"] = targets[layers[0]].weight.shape
         if devices is None:
