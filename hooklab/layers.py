@@ -1,4 +1,4 @@
-"""Layer indices as users give them: the one check that they exist in the model."""
+"""Layer indices: the one check that those users give exist in the model, and the layer a hook name is in."""
 
 from __future__ import annotations
 
@@ -21,3 +21,11 @@ def check_layers(layers: Iterable[int], n_layers: int, error: type[HooklabError]
         raise error(f"layer(s) {bad} out of range: the model has layers 0..{n_layers - 1} (count from 0; "
                     "write n_layers - 1 for the last).")  # fmt: skip
     return out
+
+
+def hook_layer(name: str) -> int | None:
+    """The block a hook belongs to; None for hooks outside the blocks (embedding, final norm, unembedding)."""
+    parts = name.split(".")
+    if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit():
+        return int(parts[1])
+    return None

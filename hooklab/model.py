@@ -7,9 +7,10 @@ the placement of layers on devices and a fingerprint of the weights.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +19,9 @@ from jaxtyping import Int
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from hooklab.errors import WeightRewriteError
+from hooklab.errors import ExportError, WeightRewriteError
 from hooklab.fingerprint import fingerprint
+from hooklab.layers import check_layers, hook_layer
 
 if TYPE_CHECKING:
     from hooklab.loading.placement import Placement
@@ -79,10 +81,27 @@ class HookedModel:
             >>> logits, cache = model.run_with_cache(prompt, layers=[5, 6], names_filter=lambda n: "resid" in n)
         """
         if layers is not None:
-            from hooklab.cache.names import layer_filter  # hooklab.cache builds on this module
-
-            kwargs["names_filter"] = layer_filter(self, layers, kwargs.get("names_filter"))
+            kwargs["names_filter"] = self._layer_filter(layers, kwargs.get("names_filter"))
         return self.bridge.run_with_cache(*args, **kwargs)
+
+    def _layer_filter(
+        self, layers: Iterable[int], names_filter: str | Sequence[str] | Callable[[str], bool] | None
+    ) -> Callable[[str], bool]:
+        """A TransformerLens ``names_filter`` that keeps only hooks of ``layers`` (and ``names_filter``'s).
+
+        Without ``names_filter``, hooks TransformerLens leaves switched off (``attn.hook_result``
+        until ``set_use_attn_result(True)``, ...) are left out, as a full cache leaves them out.
+        """
+        wanted = set(check_layers(layers, self.cfg.n_layers))
+        if names_filter is None:
+            also: Callable[[str], bool] = lambda name: self.bridge._gated_hook_reason(name) is None  # noqa: E731
+        elif isinstance(names_filter, str):
+            also = names_filter.__eq__
+        elif callable(names_filter):
+            also = names_filter
+        else:
+            also = set(names_filter).__contains__
+        return lambda name: hook_layer(name) in wanted and also(name)
 
     def run_with_hooks(self, *args: Any, **kwargs: Any) -> Any:
         return self.bridge.run_with_hooks(*args, **kwargs)
@@ -116,14 +135,39 @@ class HookedModel:
     ) -> Path:
         """Save the current weights (edits applied), config and tokenizer as a standard HF folder.
 
-        Written tensor by tensor from each device, atomically; see :func:`hooklab.export.save_pretrained`.
+        Written tensor by tensor from each device, atomically (:func:`hooklab.export.write_checkpoint`). A model
+        with a WISE memory attached, or whose weights TransformerLens processed, is refused: no checkpoint holds that.
 
         Example:
             >>> model.save_pretrained("edited", max_shard_size="2GB")   # AutoModelForCausalLM / hooklab.load read it
         """
-        from hooklab.export import save_pretrained  # it builds on this module
+        hooks = [h for m in self.hf_model.modules() for h in m._forward_hooks.values()]
+        if any(getattr(h, "answers_beside_weights", False) for h in hooks):
+            raise ExportError(
+                "a WISE side memory is attached to this model: its edits live in the memory's router, not in "
+                "the weights, so a plain checkpoint cannot hold them. Save the memory with `mem.save(path)` (and "
+                "`WiseMemory.load(model, path)` after loading the saved base model), then `mem.detach()` and save "
+                "the model."
+            )
+        if getattr(self.bridge, "_weights_processed", False):  # TransformerLens's own mark, set before it starts
+            raise ExportError(
+                "TransformerLens's weight processing (enable_compatibility_mode() or process_weights()) rewrote this "
+                "model's weights, and part of the result (for instance GPT-2's split attention, or value biases "
+                "folded into output projections that have no bias) lives in TransformerLens's components, where no "
+                "HF checkpoint can hold it. Save the model before processing it, or load it afresh and save that."
+            )
+        from hooklab.export import write_checkpoint
+        from hooklab.loading.skeleton import tied_keys
 
-        return save_pretrained(self, folder, max_shard_size, dtype=dtype, overwrite=overwrite)
+        weights = dict(self.named_weights())
+        for target, source in tied_keys(self.hf_model).items():  # a tied tensor under the name HF keeps
+            if target in weights and source not in weights:
+                weights[source] = weights.pop(target)
+        config = copy.deepcopy(self.hf_model.config)
+        config.architectures = [type(self.hf_model).__name__]  # a config read from a GGUF file has none
+        out = write_checkpoint(folder, weights, config, self.tokenizer, getattr(self.hf_model, "generation_config", None),
+                               max_shard_size=max_shard_size, dtype=dtype, overwrite=overwrite)  # fmt: skip
+        return out
 
     def enable_compatibility_mode(self, *args: Any, allow_weight_rewrite: bool = False, **kwargs: Any) -> None:
         """TransformerLens's compatibility mode; refused where it would rewrite the weights, unless allowed.

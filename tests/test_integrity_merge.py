@@ -21,14 +21,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import rewrite_header
 from safetensors.torch import load_file
 
 import hooklab
-from hooklab import errors
-from hooklab.merge import swap
+from hooklab import errors, folders
 from hooklab.merge.config import load_config, run_config
-
-from conftest import rewrite_header
 
 DEAD_PID = 2**22 + 1  # above Linux's largest pid: never a running process
 
@@ -54,7 +52,7 @@ def exchange_works(tmp_path: Path) -> bool:
     a, b = tmp_path / "probe-a", tmp_path / "probe-b"
     a.mkdir(), b.mkdir()
     try:
-        return swap.exchange(a, b)
+        return folders.exchange(a, b)
     finally:
         a.rmdir(), b.rmdir()
 
@@ -63,7 +61,7 @@ def exchange_works(tmp_path: Path) -> bool:
 CHILD = textwrap.dedent("""
     import os, pathlib, sys, time
     import hooklab
-    from hooklab.merge import swap
+    from hooklab import folders
 
     moment, marker, a, b, out = sys.argv[1:]
 
@@ -71,7 +69,7 @@ CHILD = textwrap.dedent("""
         pathlib.Path(marker).write_text(str(os.getpid()))
         time.sleep(300)  # killed here by the parent
 
-    real_exchange, real_rename = swap.exchange, pathlib.Path.rename
+    real_exchange, real_rename = folders.exchange, pathlib.Path.rename
     if moment == "before_swap":
         def exchange(x, y):
             stop_here()
@@ -90,7 +88,7 @@ CHILD = textwrap.dedent("""
                 stop_here()
             return moved
         pathlib.Path.rename = rename
-    swap.exchange = exchange
+    folders.exchange = exchange
     hooklab.merge([a, b], weights=[1, 3], out=out, overwrite=True)
 """)
 
@@ -131,7 +129,7 @@ def test_overwrite_killed_while_replacing_keeps_a_complete_output(pair, expected
         assert digest(work / replaced) == expected["old"]
         assert len(leftovers) == 2  # and the new one, complete but never put in place
         # ... and the next run puts it back before anything else (here: refusing to overwrite).
-        with caplog.at_level(logging.WARNING, logger="hooklab.merge.swap"):
+        with caplog.at_level(logging.WARNING, logger="hooklab.folders"):
             with pytest.raises(errors.MergeConfigError, match="already exists"):
                 hooklab.merge(list(pair), weights=[1, 3], out=out)
         assert f"restored {out} from {replaced}" in caplog.text and listing(work) == ["out"]
@@ -146,7 +144,7 @@ def test_overwrite_killed_while_replacing_keeps_a_complete_output(pair, expected
             assert digest(work / leftovers[0]) == expected["old"]
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="hooklab.merge.swap"):
+    with caplog.at_level(logging.WARNING, logger="hooklab.folders"):
         result = hooklab.merge(list(pair), weights=[1, 3], out=out, overwrite=True)
     assert listing(work) == ["out"] and digest(result.path) == expected["new"]
     if moment != "between_renames":
@@ -156,7 +154,7 @@ def test_overwrite_killed_while_replacing_keeps_a_complete_output(pair, expected
 def test_overwrite_without_exchange_replaces_and_leaves_nothing(pair, expected, tmp_path, monkeypatch):
     out = tmp_path / "out"
     hooklab.merge(list(pair), out=out)
-    monkeypatch.setattr(swap, "exchange", lambda a, b: False)
+    monkeypatch.setattr(folders, "exchange", lambda a, b: False)
     hooklab.merge(list(pair), weights=[1, 3], out=out, overwrite=True)
     assert listing(tmp_path) == ["out"] and digest(out) == expected["new"]
 
@@ -168,7 +166,7 @@ def test_only_dead_runs_leftovers_of_this_out_are_removed(pair, tmp_path, caplog
     for folder in (dead, live, other):
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"partial")
-    with caplog.at_level(logging.WARNING, logger="hooklab.merge.swap"):
+    with caplog.at_level(logging.WARNING, logger="hooklab.folders"):
         hooklab.merge(list(pair), out=tmp_path / "out")
     assert not dead.exists() and live.is_dir() and other.is_dir()
     assert f"removed {dead.name}" in caplog.text

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from hooklab import sites
 from hooklab.errors import HookNameError, UnsupportedHookError
-from hooklab.layers import check_layers
+from hooklab.layers import check_layers, hook_layer
 
 if TYPE_CHECKING:
     from hooklab.model import HookedModel
@@ -57,30 +57,10 @@ def resolve_hooks(
 def unknown_hook(model: HookedModel, name: str) -> HookNameError:
     """The error for a hook name the model lacks, listing the closest names it has."""
     full = list(model.hook_dict)
-    relative = sorted({n.split(".", 2)[2] for n in full if sites.hook_layer(n) is not None})
+    relative = sorted({n.split(".", 2)[2] for n in full if hook_layer(n) is not None})
     closest = difflib.get_close_matches(name, full + relative, n=5, cutoff=0.5)
     hint = f" Closest: {', '.join(closest)}." if closest else ""
     return HookNameError(
         f"the model has no hook {name!r}.{hint} All names are in model.hook_dict; a block-relative "
         "name such as 'hook_resid_post' or 'mlp.out.hook_in' is taken for every layer in layers=."
     )
-
-
-def layer_filter(
-    model: HookedModel, layers: Iterable[int], names_filter: str | Sequence[str] | Callable[[str], bool] | None
-) -> Callable[[str], bool]:
-    """A TransformerLens ``names_filter`` that keeps only hooks of ``layers`` (and ``names_filter``'s).
-
-    Without ``names_filter``, hooks TransformerLens leaves switched off (``attn.hook_result``
-    until ``set_use_attn_result(True)``, ...) are left out, as a full cache leaves them out.
-    """
-    wanted = set(check_layers(layers, model.cfg.n_layers))
-    if names_filter is None:
-        also: Callable[[str], bool] = lambda name: model.bridge._gated_hook_reason(name) is None  # noqa: E731
-    elif isinstance(names_filter, str):
-        also = names_filter.__eq__
-    elif callable(names_filter):
-        also = names_filter
-    else:
-        also = set(names_filter).__contains__
-    return lambda name: sites.hook_layer(name) in wanted and also(name)

@@ -22,6 +22,7 @@ from transformer_lens.model_bridge.exceptions import StopAtLayerException
 from hooklab import sites
 from hooklab.cache.corpus import Batch, Corpus, prefetched
 from hooklab.errors import CollectArgumentError, UnsupportedHookError
+from hooklab.layers import hook_layer
 from hooklab.model import HookedModel
 
 Positions = Literal["all", "last"] | Bool[Tensor, "sequence pos"]
@@ -98,7 +99,7 @@ class HookSpec:
 
 def stop_hook_name(model: HookedModel, hooks: list[str]) -> str | None:
     """The hook after which none of ``hooks`` fires (None: they need the whole forward)."""
-    layers = [sites.hook_layer(name) for name in hooks]
+    layers = [hook_layer(name) for name in hooks]
     if any(layer is None and not sites.is_embedding_hook(model, name) for name, layer in zip(hooks, layers)):
         return None  # final norm, unembedding: run to the end
     in_blocks = [layer for layer in layers if layer is not None]
@@ -107,7 +108,7 @@ def stop_hook_name(model: HookedModel, hooks: list[str]) -> str | None:
 
 def hook_device(model: HookedModel, name: str) -> torch.device:
     """The device a hook's activations are on: its layer's, or the embedding's / head's."""
-    layer = sites.hook_layer(name)
+    layer = hook_layer(name)
     if layer is not None:
         return sites.layer_device(model, layer)
     p = model.placement

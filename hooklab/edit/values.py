@@ -35,6 +35,7 @@ from hooklab.edit.request import EditRequest
 from hooklab.edit.tokens import pad_id, subject_prompt, target_ids
 from hooklab.edit.upper import UpperRows
 from hooklab.errors import EditSolveError
+from hooklab.layers import hook_layer
 from hooklab.model import HookedModel
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def _batch(
         row_request.append(r)
     long = lambda xs: torch.tensor(xs, dtype=torch.long)
     return _Batch(
-        rows=UpperRows(model, rows, split, sites.hook_layer(hook), pad_id(tok), hooks),
+        rows=UpperRows(model, rows, split, hook_layer(hook), pad_id(tok), hooks),
         row_request=long(row_request),
         first_rows=long(first_rows),
         target_at=(long(t_row), long(t_pos)),

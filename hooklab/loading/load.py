@@ -11,8 +11,8 @@ import gc
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import torch
@@ -24,6 +24,7 @@ from hooklab.loading.checkpoint import open_checkpoint
 from hooklab.loading.dtypes import resolve_dtype
 from hooklab.loading.gguf import gguf_config, read_gguf
 from hooklab.loading.kv_cache import hand_cache_over
+from hooklab.loading.layout import layout_for
 from hooklab.loading.placement import (
     DeviceLike,
     MaxMemory,
@@ -39,7 +40,6 @@ from hooklab.loading.sources import Source, resolve_source
 from hooklab.loading.stream import read_tensors
 from hooklab.loading.tensors import Wanted, match_tensors
 from hooklab.model import HookedModel, weight_slots
-from hooklab.sites import layout_for
 
 Strategy = Literal["stream", "cpu_then_shard"]
 log = logging.getLogger(__name__)

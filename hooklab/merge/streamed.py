@@ -28,18 +28,18 @@ from accelerate.utils import convert_file_size_to_int
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from hooklab.errors import MergeConfigError
+from hooklab.folders import clean_leftovers
 from hooklab.loading.dtypes import resolve_dtype
+from hooklab.loading.layout import layout_for, tensor_depth
 from hooklab.loading.placement import resolve_devices
 from hooklab.loading.stream import TensorIO
 from hooklab.merge import methods, registry
 from hooklab.merge.checks import check_compatible
 from hooklab.merge.cocktail import ExamplesLike, cocktail_weights
-from hooklab.merge.sources import FolderSource, TensorSource, TensorSpec, open_sources
 from hooklab.merge.pipeline import Scratch, run_pipeline
-from hooklab.merge.swap import clean_leftovers
+from hooklab.merge.sources import FolderSource, TensorSource, TensorSpec, open_sources
 from hooklab.merge.writer import StagedCheckpoint, plan_shards
 from hooklab.model import HookedModel
-from hooklab.sites import layout_for, tensor_depth
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def merge(
         dtype: of the merged floating-point tensors (default: the first model's).
         shard_size: bytes per output shard (``"5GB"``).
         overwrite: replace an existing ``out``, only once the new merge is complete; until then
-            ``out`` is the old complete folder (:mod:`hooklab.merge.swap`).
+            ``out`` is the old complete folder (:mod:`hooklab.folders`).
         workers: tensors merged at once (default 1 on the CPU, 4 on a GPU).
 
     Example:

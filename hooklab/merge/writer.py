@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import torch
 from torch import Tensor
 
 from hooklab.errors import MergeConfigError
+from hooklab.folders import partial_folder, put_in_place
 from hooklab.loading.checkpoint import DTYPES, INDEX_NAME
 from hooklab.loading.stream import TensorIO
 from hooklab.merge.sources import TensorSpec
-from hooklab.merge.swap import partial_folder, put_in_place
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ class StagedCheckpoint:
         """Close the shards, write the index, and move the finished folder to ``out``.
 
         With ``overwrite``, ``out`` stays the old complete folder until the new one takes its
-        name in one step (see :mod:`hooklab.merge.swap` for systems that cannot swap folders).
+        name in one step (see :mod:`hooklab.folders` for systems that cannot swap folders).
         """
         self._close()
         if len(self.plan.files) > 1:

@@ -92,6 +92,8 @@ class Sides:
 class Router:
     """The forward hook: ``output + Δ a`` where the chosen side's score ‖Δ a‖ is above the threshold, else ``output``."""
 
+    answers_beside_weights = True  # what the model's save_pretrained looks for: no checkpoint holds this
+
     def __init__(self, sides: Sides, threshold: float):
         self.sides = sides
         self.threshold = threshold

@@ -1,14 +1,14 @@
 """Putting a finished output folder in place so that its name never points at nothing.
 
-A merge writes into a hidden sibling ``.NAME.PID.XXXX.partial`` and moves it to ``NAME`` only
-once it is complete. Replacing an existing ``NAME`` is the delicate part: ``os.rename`` cannot
+A merge or a saved checkpoint is written into a hidden sibling ``.NAME.PID.XXXX.partial`` and
+moved to ``NAME`` only once it is complete. Replacing an existing ``NAME`` is the delicate part: ``os.rename`` cannot
 move a folder onto a non-empty one, so the plain way (old aside, new in) has a moment with no
 ``NAME`` at all. On Linux, ``renameat2(RENAME_EXCHANGE)`` swaps the two folders in one atomic
 step, and at every instant ``NAME`` is either the old complete folder or the new complete one.
 
 Where the system cannot exchange (another OS, a file system without it), the old folder is
 renamed to ``.NAME.PID.replaced`` and the new one to ``NAME``. A kill between those two renames
-leaves ``NAME`` missing for a moment, but never lost: the next merge into ``NAME``
+leaves ``NAME`` missing for a moment, but never lost: the next write to ``NAME``
 (:func:`clean_leftovers`) renames the ``.replaced`` folder back, and removes every other
 leftover of killed runs, each with a log message.
 """
@@ -33,8 +33,16 @@ _CANNOT_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP,
 
 
 def partial_folder(out: Path) -> Path:
-    """A new hidden sibling of ``out`` to write into, named with this process's id."""
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
+    """A new hidden sibling of ``out`` to write into, named with this process's id.
+
+    Made by ``mkdtemp`` (a unique name), then given the permissions a plain ``mkdir`` would
+    (mkdtemp's are private to the owner, and the folder becomes ``out``).
+    """
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    return folder
 
 
 def put_in_place(folder: Path, out: Path) -> None:
