@@ -104,8 +104,7 @@ def load_memory(cls: type[WiseMemory], model: HookedModel, path: str | os.PathLi
         fix=f"the memory is damaged or for another architecture (layer {hparams.layer}'s MLP output projection is "
             f"[{d_model}, {d_mlp}])",
     )  # fmt: skip
-    memory = cls.__new__(cls)
-    memory._setup(model, hparams, texts["unrelated"], texts["templates"])
+    memory = cls(model, hparams, unrelated=texts["unrelated"], templates=texts["templates"], attach=False)
     with safe_open(str(path), framework="pt", device=str(memory.site.device)) as f:
         names = set(f.keys())
         shards = Shards(n_started=counts["started"], n_merged=counts["merged"])

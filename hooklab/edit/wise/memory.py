@@ -57,6 +57,8 @@ class WiseMemory:
             ``WiseHparams.for_model(model)``.
         unrelated: texts the side memory must stay silent on (the routing loss's negatives);
             default: texts the model writes itself (seeded).
+        templates: the context prefixes edits are trained under (default: generated, seeded).
+        attach: whether the new, empty memory goes on the model at once.
     """
 
     def __init__(
@@ -65,6 +67,8 @@ class WiseMemory:
         hparams: WiseHparams | Mapping[str, Any] | str | os.PathLike | None = None,
         *,
         unrelated: Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+        attach: bool = True,
     ):
         hp = WiseHparams.resolve(model, hparams)
         hp.check(model.cfg.n_layers)
@@ -72,17 +76,15 @@ class WiseMemory:
             tokens, count = UNRELATED_TEXTS
             written = context_templates(model, ((tokens, count),), seed=hp.seed + 1)[1:]  # "<text>. {}"
             unrelated = [t.format("").strip() for t in written]
-        self._setup(model, hp, unrelated, context_templates(model, hp.context_lengths, seed=hp.seed))
-        self.attach()
-
-    def _setup(self, model: HookedModel, hp: WiseHparams, unrelated: Sequence[str], templates: Sequence[str]) -> None:
-        """An empty, detached memory (``__init__`` and :meth:`load` fill it)."""
         if isinstance(unrelated, str) or not unrelated or not all(isinstance(t, str) and t.strip() for t in unrelated):
             raise HparamsError("unrelated must be a list of non-empty texts.")
         self.model = model
         self.hparams = hp
         self.site = sites.mlp_out(model, hp.layer)
         self.base_fingerprint = model.fingerprint
+        # The prefixes edits are trained under; a loaded memory keeps the ones it was trained with.
+        if templates is None:
+            templates = context_templates(model, hp.context_lengths, seed=hp.seed)
         self.templates = list(templates)
         self.unrelated = list(unrelated)
         self.shards = Shards()
@@ -92,6 +94,8 @@ class WiseMemory:
         self.seconds = 0.0  # spent training edits
         self._pool: tuple[tuple, UnrelatedPool] | None = None  # (the model's weights version, the pool's keys)
         self._handle: torch.utils.hooks.RemovableHandle | None = None
+        if attach:
+            self.attach()
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the memory (shards, masks, threshold data, requests, the model's fingerprint) to a safetensors file."""
