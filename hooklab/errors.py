@@ -116,3 +116,7 @@ class TraceArgumentError(HooklabError, ValueError):
 
 class WiseMemoryError(HooklabError):
     """A WISE side memory that cannot be attached, trained or loaded as asked."""
+
+
+class DataNotFoundError(HooklabError, FileNotFoundError):
+    """A data file (CounterFact, zsRE, a corpus) that is not in the data folder."""
