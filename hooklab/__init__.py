@@ -2,33 +2,103 @@
 
 Load any local checkpoint into a TransformerLens-style hooked model (on one device or
 sharded over several), cache activations, locate and edit knowledge, merge models.
+
+The public names below are imported when first used (PEP 562), so ``import hooklab`` and
+``hooklab --help`` do not pay for torch, transformers and TransformerLens up front.
 """
 
-from hooklab.cache import Activations, Mean, SecondMoment, collect
-from hooklab.edit import (
-    Edit,
-    EditRequest,
-    MemitHparams,
-    RomeHparams,
-    apply_edit,
-    compute_edit,
-    edit,
-    requests_from_counterfact,
-    requests_from_zsre,
-)
-from hooklab.edit.wise import WiseHparams, WiseMemory
-from hooklab.errors import HooklabError
-from hooklab.evaluate import evaluate
-from hooklab.lens import LogitLens, logit_lens
-from hooklab.loading import Placement, load, plan_placement
-from hooklab.locate import TraceResult, TraceSummary, trace, trace_many
-from hooklab.merge import MergeResult, merge
-from hooklab.model import HookedModel
+from __future__ import annotations
 
-__all__ = [
-    "Activations", "HookedModel", "HooklabError", "LogitLens", "Mean", "MergeResult", "Placement", "SecondMoment",
-    "TraceResult", "TraceSummary", "collect", "load", "logit_lens", "merge", "plan_placement", "trace", "trace_many",
-    "Edit", "EditRequest", "MemitHparams", "RomeHparams", "apply_edit", "compute_edit", "edit", "evaluate",
-    "requests_from_counterfact", "requests_from_zsre",
-    "WiseHparams", "WiseMemory",
-]  # fmt: skip
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+# Every public name and the module that defines it: the one place the API is listed.
+_API = {
+    "Activations": "hooklab.cache",
+    "Mean": "hooklab.cache",
+    "SecondMoment": "hooklab.cache",
+    "collect": "hooklab.cache",
+    "Edit": "hooklab.edit",
+    "EditRequest": "hooklab.edit",
+    "MemitHparams": "hooklab.edit",
+    "RomeHparams": "hooklab.edit",
+    "apply_edit": "hooklab.edit",
+    "compute_edit": "hooklab.edit",
+    "edit": "hooklab.edit",
+    "requests_from_counterfact": "hooklab.edit",
+    "requests_from_zsre": "hooklab.edit",
+    "WiseHparams": "hooklab.edit.wise",
+    "WiseMemory": "hooklab.edit.wise",
+    "HooklabError": "hooklab.errors",
+    "data_path": "hooklab.paths",
+    "evaluate": "hooklab.evaluate",
+    "LogitLens": "hooklab.lens",
+    "logit_lens": "hooklab.lens",
+    "Placement": "hooklab.loading",
+    "load": "hooklab.loading",
+    "plan_placement": "hooklab.loading",
+    "TraceResult": "hooklab.locate",
+    "TraceSummary": "hooklab.locate",
+    "trace": "hooklab.locate",
+    "trace_many": "hooklab.locate",
+    "MergeResult": "hooklab.merge",
+    "merge": "hooklab.merge",
+    "HookedModel": "hooklab.model",
+}
+
+__all__ = list(_API)
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from hooklab.cache import Activations, Mean, SecondMoment, collect
+    from hooklab.edit import (
+        Edit,
+        EditRequest,
+        MemitHparams,
+        RomeHparams,
+        apply_edit,
+        compute_edit,
+        edit,
+        requests_from_counterfact,
+        requests_from_zsre,
+    )
+    from hooklab.edit.wise import WiseHparams, WiseMemory
+    from hooklab.errors import HooklabError
+    from hooklab.evaluate import evaluate
+    from hooklab.lens import LogitLens, logit_lens
+    from hooklab.loading import Placement, load, plan_placement
+    from hooklab.locate import TraceResult, TraceSummary, trace, trace_many
+    from hooklab.merge import MergeResult, merge
+    from hooklab.model import HookedModel
+    from hooklab.paths import data_path
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``hooklab.edit``, ``hooklab.evaluate`` and ``hooklab.merge`` the functions.
+
+    Importing a subpackage binds it as an attribute of its parent; where the API has a
+    function of the same name (``hooklab.edit`` the function, ``hooklab/edit/`` the package),
+    the function wins, as it did when ``__init__`` imported everything eagerly.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in _API and value.__name__ == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

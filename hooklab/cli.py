@@ -1,5 +1,6 @@
 """The ``hooklab`` command: one subcommand per job."""
 
+# Only the standard library at module level: each job imports what it needs, so --help answers at once.
 from __future__ import annotations
 
 import argparse
@@ -302,3 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     except HooklabError as e:
         print(f"hooklab {args.job}: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -144,3 +144,7 @@ class ExportError(HooklabError):
 
 class WeightRewriteError(HooklabError):
     """A call that would rewrite the model's weights in place (TransformerLens's weight processing)."""
+
+
+class DataNotFoundError(HooklabError, FileNotFoundError):
+    """A data file (CounterFact, zsRE, a corpus) that is not in the data folder."""

@@ -55,36 +55,58 @@ class LogitLens:
             )
         return "\n".join(lines)
 
-    def plot(self, path: str | Path | None = None):
-        """Heatmap of top-token probabilities (annotated with the tokens) and the target's curve."""
+    def plot(self, path: str | Path | None = None, *, dpi: int = 200):
+        """The figure: top-token probability per layer and position, each cell labelled with its
+        token (a leading space shown as ␣), and the target's probability at the last token."""
         import matplotlib.pyplot as plt
 
         n_layers, n_pos = self.top_probs.shape
         fig, (ax, side) = plt.subplots(
-            1, 2, figsize=(2.0 + 1.1 * n_pos + 3, 0.32 * n_layers + 1.8), width_ratios=[n_pos, 3]
-        )
+            1, 2, figsize=(1.6 + 0.95 * n_pos + 2.6, 1.9 + 0.26 * n_layers), width_ratios=[n_pos, 2.6],
+            sharey=True, layout="constrained",
+        )  # fmt: skip
         im = ax.imshow(self.top_probs.numpy(), aspect="auto", origin="lower", cmap="Blues", vmin=0, vmax=1)
         for layer in range(n_layers):
             for pos in range(n_pos):
                 color = "white" if self.top_probs[layer, pos] > 0.6 else "black"
-                ax.text(pos, layer, self.top_tokens[layer][pos][:8], ha="center", va="center", fontsize=6, color=color)
-        ax.set_xticks(range(n_pos), [repr(t)[1:-1] for t in self.str_tokens], rotation=60, ha="right", fontsize=7)
-        ax.set_ylabel("layer")
-        ax.set_title("logit lens: top token per layer")
-        fig.colorbar(im, ax=ax, fraction=0.03, label="p(top token)")
-        side.plot(self.target_probs[:, -1].numpy(), range(n_layers), marker="o", ms=3)
+                label = _shown(_clip(self.top_tokens[layer][pos], 8))
+                ax.text(pos, layer, label, ha="center", va="center", fontsize=7.5, color=color)
+        ax.set_xticks(range(n_pos), [_shown(t) for t in self.str_tokens], rotation=45, ha="right",
+                      rotation_mode="anchor", fontsize=9)  # fmt: skip
+        ax.set_yticks(range(n_layers), [str(layer) for layer in range(n_layers)], fontsize=8)
+        ax.set_xlabel("input token", fontsize=10)
+        ax.set_ylabel("layer", fontsize=10)
+        fig.suptitle("Logit lens: each layer's residual stream read through the unembedding", fontsize=12)
+        bar = fig.colorbar(im, ax=ax, location="top", shrink=0.5, aspect=40, pad=0.0)
+        bar.set_label("p(top token)", fontsize=9)
+        bar.ax.tick_params(labelsize=8)
+
+        side.plot(self.target_probs[:, -1].numpy(), range(n_layers), marker="o", ms=3.5, lw=1.4)
+        side.set_xlim(-0.03, 1.03)
         side.set_ylim(-0.5, n_layers - 0.5)
-        side.set_xlim(0, 1)
-        side.set_xlabel(f"p({self.target!r}) at last token")
-        side.set_yticks([])
+        side.tick_params(labelleft=True, labelsize=8)
+        side.set_xlabel(f"p({_shown(self.target)}) after {_shown(self.str_tokens[-1])}", fontsize=10)
+        side.set_ylabel("layer", fontsize=10)
+        side.set_title("target token", fontsize=11)
+        side.grid(alpha=0.3, lw=0.6)
         first = self.first_top_layer()
         if first is not None:
             side.axhline(first, color="tab:red", ls="--", lw=1)
-            side.text(0.5, first + 0.3, f"top from layer {first}", color="tab:red", fontsize=7)
-        fig.tight_layout()
+            side.annotate(f"top from layer {first}", (0.97, first), xytext=(0, 3), textcoords="offset points",
+                          ha="right", va="bottom", color="tab:red", fontsize=8)  # fmt: skip
         if path is not None:
-            fig.savefig(path, dpi=130)
+            fig.savefig(path, dpi=dpi)
         return fig
+
+
+def _shown(token: str) -> str:
+    """A token as printed in a figure: leading spaces as ␣, newlines and tabs escaped."""
+    stripped = token.lstrip(" ")
+    return "␣" * (len(token) - len(stripped)) + stripped.replace("\n", "\\n").replace("\t", "\\t")
+
+
+def _clip(token: str, n: int) -> str:
+    return token if len(token) <= n else token[: n - 1] + "…"
 
 
 @torch.no_grad()

@@ -119,6 +119,17 @@ def smollm2():
 
 
 @pytest.fixture
+def hooklab_data(monkeypatch) -> Path:
+    """HOOKLAB_DATA for code that finds its data with ``hooklab.data_path``: ../shared/data beside the checkout
+    unless the environment already names a folder."""
+    import os
+
+    folder = Path(os.environ.get("HOOKLAB_DATA") or SHARED / "data")
+    monkeypatch.setenv("HOOKLAB_DATA", str(folder))
+    return folder
+
+
+@pytest.fixture
 def copy_of(tmp_path):
     """Copy a checkpoint folder, so a test may damage the copy."""
     import shutil

@@ -24,8 +24,8 @@ def test_committed_without_outputs(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_runs(path, monkeypatch):
-    # The kernel is this interpreter, importing this checkout of hooklab.
+def test_runs(path, monkeypatch, hooklab_data):
+    # The kernel is this interpreter, importing this checkout of hooklab; data from HOOKLAB_DATA.
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setenv("PYTHONPATH", f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     nb = nbformat.read(path, as_version=4)
