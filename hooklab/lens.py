@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hooklab.blocks import unembed
 from hooklab.model import HookedModel
 from hooklab.sites import resid_post
 
@@ -120,7 +121,6 @@ def logit_lens(model: HookedModel, prompt: str, *, target: str | None = None) ->
         >>> lens = hooklab.logit_lens(model, "The Eiffel Tower is in the city of", target=" Paris")
         >>> print(lens.table()); lens.plot("lens.png")
     """
-    bridge = model.bridge
     tokens = model.to_tokens(prompt)
     names = [resid_post(layer) for layer in range(model.cfg.n_layers)]
     logits, cache = model.run_with_cache(tokens, names_filter=names)
@@ -129,12 +129,9 @@ def logit_lens(model: HookedModel, prompt: str, *, target: str | None = None) ->
         target = model.tokenizer.decode([target_id])
     else:
         target_id = model.tokenizer(target, add_special_tokens=False).input_ids[0]
-    head_device = next(bridge.unembed.parameters()).device
-    norm_device = next(bridge.ln_final.parameters()).device
     top_probs, top_ids, target_probs, target_ranks = [], [], [], []
     for name in names:
-        resid = cache[name][0].to(norm_device)  # (T, D)
-        probs = bridge.unembed(bridge.ln_final(resid).to(head_device)).float().softmax(-1)  # (T, V)
+        probs = unembed(model, cache[name][0]).float().softmax(-1)  # (T, V)
         p_top, i_top = probs.max(-1)
         p_target = probs[:, target_id]
         top_probs.append(p_top.cpu())

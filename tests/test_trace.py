@@ -94,7 +94,7 @@ def test_every_position_fallback_traces_the_same(deep_llama):
     model = hooklab.load(deep_llama)
     tracer = CausalTracer(model, PROMPT, SUBJECT, samples=3, noise=0.5)
     suffixes = tracer.trace("mlp", 3)
-    tracer.stack.slices_positions = False  # as for a block argument of unknown layout
+    tracer.blocks.slices_positions = False  # as for a block argument of unknown layout
     torch.testing.assert_close(tracer.trace("mlp", 3).scores, suffixes.scores, atol=2e-6, rtol=0)
 
 

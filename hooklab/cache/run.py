@@ -17,9 +17,9 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 from tqdm import tqdm
-from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from hooklab import sites
+from hooklab.blocks import stop_forward
 from hooklab.cache.corpus import Batch, Corpus, prefetched
 from hooklab.errors import CollectArgumentError, UnsupportedHookError
 from hooklab.layers import hook_layer
@@ -115,10 +115,6 @@ def hook_device(model: HookedModel, name: str) -> torch.device:
     return torch.device(p.devices[p.first] if sites.is_embedding_hook(model, name) else p.devices[p.last])
 
 
-def _stop(x: Tensor, hook: object) -> None:
-    raise StopAtLayerException(x)  # TransformerLens's forward catches it and returns
-
-
 def check_layout(model: HookedModel, hooks: list[str]) -> None:
     """Refuse hooks whose activations are not laid out (batch, position, ...) before anything runs."""
     for name in hooks:
@@ -188,7 +184,7 @@ def run(
     fwd = [(name, capture(name)) for name in hooks]
     stop = stop_hook_name(model, hooks)
     if stop is not None:
-        fwd.append((stop, _stop))  # last: it fires after the others
+        fwd.append((stop, stop_forward))  # last: it fires after the others
     device = hook_device(model, "hook_embed")
     bar = tqdm(total=corpus.n_tokens, unit="tok", unit_scale=True, desc=desc, disable=not progress)
     n_batches, first = 0, True

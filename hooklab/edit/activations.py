@@ -13,9 +13,9 @@ from functools import partial
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from hooklab import sites
+from hooklab.blocks import stop_after
 from hooklab.edit.deltas import Update
 from hooklab.edit.forward import Hooks, positions
 from hooklab.edit.tokens import pad_id, pad_right
@@ -72,10 +72,7 @@ def read_at(
         def grab(act: Tensor, hook, name: str) -> None:
             found[name].append(act[torch.arange(len(chunk), device=act.device), where.to(act.device)])
 
-        def stop(resid: Tensor, hook) -> None:
-            raise StopAtLayerException(resid)
-
-        capture = [(name, partial(grab, name=name)) for name in names] + [(sites.resid_post(last_layer), stop)]
+        capture = [(name, partial(grab, name=name)) for name in names] + [stop_after(last_layer)]
         with model.hooks(fwd_hooks=[*hooks, *capture]):
             model.bridge(ids, attention_mask=mask, position_ids=positions(mask))
     back = torch.tensor(order).argsort()

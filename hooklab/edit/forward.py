@@ -17,12 +17,11 @@ from contextlib import nullcontext
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens.model_bridge.exceptions import StopAtLayerException
 from transformers import DynamicCache
 
+from hooklab.blocks import stop_after, unembed
 from hooklab.edit.tokens import pad_left, pad_right
 from hooklab.model import HookedModel
-from hooklab.sites import resid_post
 
 Hooks = Sequence[tuple[str, object]]
 
@@ -32,21 +31,13 @@ def final_residual(
 ) -> Float[Tensor, "batch pos d_model"]:
     """The residual stream after the last block (before the final norm), without the unembedding."""
 
-    def stop(resid: Tensor, hook) -> None:
-        raise StopAtLayerException(resid)  # the bridge catches it and returns ``resid``
-
-    last = resid_post(model.cfg.n_layers - 1)
-    with model.hooks(fwd_hooks=[*hooks, (last, stop)]):
+    with model.hooks(fwd_hooks=[*hooks, stop_after(model.cfg.n_layers - 1)]):
         return model.bridge(ids, **kwargs)
 
 
 def log_probs(model: HookedModel, resid: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_vocab"]:
     """Log-probabilities of the next token from final residuals: final norm, unembedding, log-softmax."""
-    bridge = model.bridge
-    norm_device = next(bridge.ln_final.parameters()).device
-    head_device = next(bridge.unembed.parameters()).device
-    normed = bridge.ln_final(resid.to(norm_device)).to(head_device)
-    return bridge.unembed(normed).float().log_softmax(-1)
+    return unembed(model, resid).float().log_softmax(-1)
 
 
 def positions(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:

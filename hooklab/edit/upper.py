@@ -4,23 +4,21 @@ Editing optimises a change at one layer (ROME's v*, MEMIT's z, WISE's side memor
 only from a split position on (the subject's last token, or the prompt's last). Nothing before
 that position and no block below the change depends on it, so the rows run once: the prefix with
 its keys and values kept (:class:`~hooklab.edit.forward.SplitRows`), then the suffix through the
-whole model while recording the input of block ``first`` and the arguments each block from
-there on receives. A step then runs only blocks ``first``.. on the suffix tokens, over a fresh
-copy of the prefix's keys and values. With weights frozen, the backward pass is as short.
+whole model while a :class:`~hooklab.blocks.BlockRecord` records the input of block ``first`` and
+the arguments each block from there on receives. A step then replays only blocks ``first``.. on
+the suffix tokens, over a fresh copy of the prefix's keys and values. With weights frozen, the
+backward pass is as short.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformers.cache_utils import Cache
 
-from hooklab import sites
+from hooklab.blocks import BlockRecord
 from hooklab.edit.forward import Hooks, SplitRows
 from hooklab.model import HookedModel
 
@@ -59,22 +57,10 @@ class UpperRows:
         self.prefix_captured = {n: x[prefix_mask.to(x.device)] for n, x in prefix_found.items()}
         self.suffix_mask = self._rows.mask[:, width:]
 
-        self._calls: list[tuple[torch.nn.Module, tuple, dict]] = []
-        inputs: list[Tensor] = []
-
-        def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            if not self._calls:
-                inputs.append(args[0].detach())
-            self._calls.append((module, args[1:], dict(kwargs)))  # args[0]: the hidden states
-
-        blocks = [sites.block(model, i) for i in range(first, model.cfg.n_layers)]
-        handles = [b.register_forward_pre_hook(record, with_kwargs=True) for b in blocks]
-        try:
-            final = self._rows.run([*hooks, *((n, grab(found, n)) for n in capture)], grad=False)
-        finally:
-            for handle in handles:
-                handle.remove()
-        self.resid: Float[Tensor, "batch suffix d_model"] = inputs[0] if inputs else final
+        self._blocks, final = BlockRecord.capture(
+            model, lambda: self._rows.run([*hooks, *((n, grab(found, n)) for n in capture)], grad=False), first
+        )
+        self.resid: Float[Tensor, "batch suffix d_model"] = final if self._blocks.resid is None else self._blocks.resid
         self.captured = found
 
     def run(
@@ -83,22 +69,6 @@ class UpperRows:
         """The final residual at the suffix when block ``first``'s input gains ``change`` there,
         with ``hooks`` active on the blocks run."""
         hidden = self.resid if change is None else self.resid + change.to(self.resid.dtype)
-        if not self._calls:  # nothing above
-            return hidden
         fresh = copy.deepcopy(self._rows.cache) if self._rows.cache is not None else None
         with self.model.hooks(fwd_hooks=list(hooks)):
-            for module, args, kwargs in self._calls:
-                out = module(hidden, *_swap_cache(args, fresh), **_swap_cache(kwargs, fresh))
-                hidden = out[0] if isinstance(out, tuple) else out
-        return hidden
-
-
-def _swap_cache(value: Any, fresh: Cache | None) -> Any:
-    """``value`` with every key/value cache in it replaced by ``fresh`` (the prefix's, unextended)."""
-    if isinstance(value, Cache):
-        return fresh
-    if isinstance(value, tuple):
-        return tuple(_swap_cache(v, fresh) for v in value)
-    if isinstance(value, dict):
-        return {k: _swap_cache(v, fresh) for k, v in value.items()}
-    return value
+            return self._blocks.run(hidden, fresh)

@@ -23,11 +23,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from hooklab import sites
+from hooklab.blocks import BlockRecord, KVPrefix, KVRecorder, unembed
 from hooklab.errors import TraceArgumentError
 from hooklab.locate.noise import noise_scale
 from hooklab.locate.prompt import Prompt, target_id, tokenize
 from hooklab.locate.result import TraceResult
-from hooklab.locate.stack import BlockStack, KVPrefix, KVRecorder
 from hooklab.model import HookedModel
 
 log = logging.getLogger(__name__)
@@ -83,20 +83,23 @@ class CausalTracer:
         given = None if target is None else target_id(model, target)
         n_layers = model.cfg.n_layers
         names = [SITES[kind](layer) for kind in SITES for layer in range(n_layers)]
-        self.stack, logits, cache = BlockStack.capture(model, self.prompt.tokens.to(model.cfg.device), names)
+        tokens = self.prompt.tokens.to(model.cfg.device)
+        self.blocks, (logits, cache) = BlockRecord.capture(
+            model, lambda: model.run_with_cache(tokens, names_filter=names, use_cache=False)
+        )
         clean_probs = logits[0, -1].float().softmax(-1)
         self.target_id = int(clean_probs.argmax()) if given is None else given
         self.high = float(clean_probs[self.target_id])
         # Clean values of every site, each on its layer's device: (T, D).
         self.clean = {
-            kind: [cache[SITES[kind](layer)][0].to(self.stack.devices[layer]) for layer in range(n_layers)]
+            kind: [cache[SITES[kind](layer)][0].to(self.blocks.devices[layer]) for layer in range(n_layers)]
             for kind in SITES
         }
         self._corrupt()
 
     @property
     def n_layers(self) -> int:
-        return self.stack.n_layers
+        return self.blocks.n_layers
 
     def corruption(self) -> Float[Tensor, "samples subject d_model"]:
         """The noise added to the subject's token embeddings, one slice per sample (seeded)."""
@@ -119,13 +122,13 @@ class CausalTracer:
         self.kv = KVRecorder()
         self.resid_pre: list[Tensor] = []  # (S, T, D) entering each layer
         for layer in range(self.n_layers):
-            self.resid_pre.append(resid.to(self.stack.devices[layer]))
-            resid = self.stack.block(layer, resid, prefix=self.kv)
-        self.stack.recorded(self.kv)
+            self.resid_pre.append(resid.to(self.blocks.devices[layer]))
+            resid = self.blocks.block(layer, resid, cache=self.kv)
+        self.blocks.recorded(self.kv)
         self.low = float(self._target_prob(resid[:, -1]).mean())
 
     def _target_prob(self, resid: Float[Tensor, "rows d_model"]) -> Float[Tensor, " rows"]:
-        return self.stack.logits(resid).float().softmax(-1)[:, self.target_id].cpu()
+        return unembed(self.model, resid[:, None])[:, 0].float().softmax(-1)[:, self.target_id].cpu()
 
     @torch.no_grad()
     def trace(self, kind: Kind = "hidden", window: int = 10) -> TraceResult:
@@ -183,7 +186,7 @@ class CausalTracer:
             by_tokens[tuple(sorted(set(r.tokens)))].append(i)
         for tokens, members in by_tokens.items():
             members.sort(key=lambda i: min(restorations[i].layers))
-            p0 = tokens[0] if self.stack.slices_positions else 0
+            p0 = tokens[0] if self.blocks.slices_positions else 0
             per_batch = max(1, self._rows(len(self.prompt.ids) - p0) // self.samples)
             for k in range(0, len(members), per_batch):
                 batch = members[k : k + per_batch]
@@ -217,7 +220,7 @@ class CausalTracer:
                 prefix = None
                 if p0:
                     prefix = KVPrefix(self.kv.keys[layer][..., :p0, :], self.kv.values[layer][..., :p0, :], n_in)
-                resid = self.stack.block(layer, resid, p0, prefix)
+                resid = self.blocks.block(layer, resid, p0, prefix)
         return self._target_prob(resid[:, -1]).view(len(groups), S).mean(1)
 
     @contextmanager
@@ -228,7 +231,7 @@ class CausalTracer:
         S = self.samples
         hooks = []
         for layer in sorted({layer for g in groups for layer in g}):
-            device = self.stack.devices[layer]
+            device = self.blocks.devices[layer]
             rows = torch.tensor([j * S + s for j, g in enumerate(groups) if layer in g for s in range(S)], device=device)
             pos = torch.tensor(rel, device=device)
             value = self.clean[kind][layer][list(tokens)]  # (k, D)

@@ -21,9 +21,9 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from hooklab import sites
+from hooklab.blocks import stop_after
 from hooklab.edit.contexts import context_templates
 from hooklab.edit.request import EditRequest, Requests, as_requests
 from hooklab.edit.tokens import pad_id, pad_right
@@ -282,10 +282,7 @@ class WiseMemory:
         def grab(k: Tensor, hook) -> None:
             found.append(k)
 
-        def stop(resid: Tensor, hook) -> None:
-            raise StopAtLayerException(resid)
-
-        hooks = [(self.site.hook_in, grab), (sites.resid_post(self.hparams.layer), stop)]
+        hooks = [(self.site.hook_in, grab), stop_after(self.hparams.layer)]
         with self.model.hooks(fwd_hooks=hooks):
             self.model.bridge(ids, attention_mask=mask)
         keys = found[0]
