@@ -9,10 +9,11 @@ The public names below are imported when first used (PEP 562), so ``import hookl
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING, Any
+
+from hooklab.lazy import lazy_api
 
 # Every public name and the module that defines it: the one place the API is listed.
 _API = {
@@ -21,6 +22,7 @@ _API = {
     "SecondMoment": "hooklab.cache",
     "collect": "hooklab.cache",
     "Edit": "hooklab.edit",
+    "EditMethod": "hooklab.edit",
     "EditRequest": "hooklab.edit",
     "MemitHparams": "hooklab.edit",
     "RomeHparams": "hooklab.edit",
@@ -54,6 +56,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from hooklab.cache import Activations, Mean, SecondMoment, collect
     from hooklab.edit import (
         Edit,
+        EditMethod,
         EditRequest,
         MemitHparams,
         RomeHparams,
@@ -74,17 +77,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from hooklab.paths import data_path
 
 
-def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_api(globals(), _API)
 
 
 class _Package(types.ModuleType):

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hooklab.edit.method import EditMethod
 from hooklab.edit.wise.hparams import WiseHparams
-from hooklab.edit.wise.memory import WiseMemory
+from hooklab.lazy import lazy_api
+
+if TYPE_CHECKING:
+    from hooklab.edit.wise.memory import WiseMemory
 
 
 def _attach(model, requests, hp: WiseHparams) -> WiseMemory:
+    from hooklab.edit.wise.memory import WiseMemory
+
     memory = WiseMemory(model, hp)
     try:
         return memory.add(requests)
@@ -20,3 +27,4 @@ METHOD = EditMethod("wise", "a routed side memory of one layer for lifelong edit
                     WiseHparams, attach=_attach, needs_stats=False)  # fmt: skip
 
 __all__ = ["METHOD", "WiseHparams", "WiseMemory"]
+__getattr__, __dir__ = lazy_api(globals(), {"WiseMemory": "hooklab.edit.wise.memory"})
