@@ -21,6 +21,7 @@ _API = {
     "Mean": "hooklab.cache",
     "SecondMoment": "hooklab.cache",
     "collect": "hooklab.cache",
+    "AlphaEditHparams": "hooklab.edit",
     "Edit": "hooklab.edit",
     "EditMethod": "hooklab.edit",
     "EditRequest": "hooklab.edit",
@@ -55,6 +56,7 @@ __all__ = list(_API)
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
     from hooklab.cache import Activations, Mean, SecondMoment, collect
     from hooklab.edit import (
+        AlphaEditHparams,
         Edit,
         EditMethod,
         EditRequest,

@@ -57,6 +57,7 @@ class HookedModel:
         self.name = name
         self._weight_slots = weight_slots
         self._fingerprint: tuple[tuple, str] | None = None
+        self.edits: list = []  # the weight edits applied now, oldest first (Edit.apply and undo keep it)
 
     @property
     def cfg(self) -> Any:

@@ -348,7 +348,7 @@ BAD_EDITS = {
     "layers not a list": (dict(meta=lambda m: {**m, "layers": '"0"'}), "metadata 'layers' is str, not list"),
     "requests that are not requests": (dict(meta=lambda m: {**m, "requests": "[1, 2]"}), "holds something other than edit requests"),
     "an unknown method": (dict(meta=lambda m: {**m, "method": "mend"}),
-                          r"method 'mend'; edit files hold the updates of a registered method \(rome, memit\)"),
+                          r"method 'mend'; edit files hold the updates of a registered method \(rome, memit, alphaedit\)"),
     "another version": (dict(meta=lambda m: {**m, "version": "9"}), "version 9; this hooklab reads version 1"),
 }  # fmt: skip
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from hooklab.lazy import lazy_api
 
 _API = {
+    "AlphaEditHparams": "hooklab.edit.alphaedit",
     "Edit": "hooklab.edit.deltas",
     "Update": "hooklab.edit.deltas",
     "apply_edit": "hooklab.edit.deltas",
@@ -28,6 +29,7 @@ _API = {
 __all__ = list(_API)
 
 if TYPE_CHECKING:
+    from hooklab.edit.alphaedit import AlphaEditHparams
     from hooklab.edit.deltas import Edit, Update, apply_edit
     from hooklab.edit.main import compute_edit, edit
     from hooklab.edit.memit import MemitHparams

@@ -36,17 +36,23 @@ from hooklab.tensorfiles import TensorSpec
 log = logging.getLogger(__name__)
 FORMAT = "hooklab-edit"
 VERSION = "1"
+PARTS = ("left", "right", "dense", "keys")  # an update's tensors in a file: layers.<layer>.<part>
 DAMAGED = "the file is damaged or was not written by hooklab; save the edit again (Edit.save) or recompute it"
 
 
 @dataclass(frozen=True)
 class Update:
-    """``ΔW`` of one layer's MLP output projection, (d_model, d_mlp): factors or dense."""
+    """``ΔW`` of one layer's MLP output projection, (d_model, d_mlp): factors or dense.
+
+    ``keys`` (one column per request) are kept by methods whose later edits must know the
+    earlier ones' keys (AlphaEdit); they do not change the update.
+    """
 
     layer: int
     left: Float[Tensor, "d_model rank"] | None = None
     right: Float[Tensor, "d_mlp rank"] | None = None
     dense: Float[Tensor, "d_model d_mlp"] | None = None
+    keys: Float[Tensor, "d_mlp requests"] | None = None
 
     @classmethod
     def from_factors(cls, layer: int, left: Tensor, right: Tensor) -> Update:
@@ -71,12 +77,13 @@ class Update:
 
     def to(self, device: torch.device | str) -> Update:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Update(self.layer, move(self.left), move(self.right), move(self.dense))
+        return Update(self.layer, move(self.left), move(self.right), move(self.dense), move(self.keys))
 
     def tensors(self) -> dict[str, Tensor]:
+        out = {f"layers.{self.layer}.keys": self.keys} if self.keys is not None else {}
         if self.dense is not None:
-            return {f"layers.{self.layer}.dense": self.dense}
-        return {f"layers.{self.layer}.left": self.left, f"layers.{self.layer}.right": self.right}
+            return {f"layers.{self.layer}.dense": self.dense, **out}
+        return {f"layers.{self.layer}.left": self.left, f"layers.{self.layer}.right": self.right, **out}
 
 
 @dataclass
@@ -142,6 +149,7 @@ class Edit:
                 self._applied_digests[layer] = tensor_digest(site.weight)
         self._version_after = model.weights_version()
         self._model = model
+        model.edits.append(self)
         log.info("applied %s edit to layers %s", self.method, self.layers)
         return self
 
@@ -163,6 +171,7 @@ class Edit:
             model.vouch_fingerprint(self.base_fingerprint)
         self._originals.clear()
         self._applied_digests.clear()
+        model.edits[:] = [e for e in model.edits if e is not self]  # by identity: edits compare as tensors
         self._model = None
 
     @contextmanager
@@ -267,6 +276,8 @@ def _load(path: str | os.PathLike, devices: Mapping[int, torch.device] | None, m
         else:
             expected[f"layers.{layer}.left"] = TensorSpec(("d_model", "requests"))
             expected[f"layers.{layer}.right"] = TensorSpec(("d_mlp", "requests"))
+        if f"layers.{layer}.keys" in names:
+            expected[f"layers.{layer}.keys"] = TensorSpec(("d_mlp", "requests"))
     fix = DAMAGED
     if model is not None:
         fix = "the file is damaged or for another model; apply it to the model it was made for"
@@ -279,12 +290,8 @@ def _load(path: str | os.PathLike, devices: Mapping[int, torch.device] | None, m
     for device, group in by_device.items():
         with safe_open(str(path), framework="pt", device=device) as f:
             for layer in group:
-                if f"layers.{layer}.dense" in names:
-                    updates[layer] = Update(layer, dense=f.get_tensor(f"layers.{layer}.dense"))
-                else:
-                    updates[layer] = Update(
-                        layer, left=f.get_tensor(f"layers.{layer}.left"), right=f.get_tensor(f"layers.{layer}.right")
-                    )
+                parts = {p: f.get_tensor(f"layers.{layer}.{p}") for p in PARTS if f"layers.{layer}.{p}" in names}
+                updates[layer] = Update(layer, **parts)
     return Edit(
         method=method,
         updates=updates,

@@ -7,13 +7,14 @@ the table, and nothing else names a method.
 
 from __future__ import annotations
 
+from hooklab.edit.alphaedit import METHOD as ALPHAEDIT
 from hooklab.edit.memit import METHOD as MEMIT
 from hooklab.edit.method import EditMethod
 from hooklab.edit.rome import METHOD as ROME
 from hooklab.edit.wise import METHOD as WISE
 from hooklab.errors import EditMethodError
 
-_METHODS: dict[str, EditMethod] = {m.name: m for m in (ROME, MEMIT, WISE)}
+_METHODS: dict[str, EditMethod] = {m.name: m for m in (ROME, MEMIT, ALPHAEDIT, WISE)}
 
 
 def get(name: str) -> EditMethod:
