@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import _report
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE.parents[1] / "shared" / "data" / "corpus" / "wikitext_valid_test.txt"
@@ -218,13 +219,6 @@ def second_moments(model, args) -> list[dict]:
 # -- report ----------------------------------------------------------------------------------------
 
 
-def machine(device: str) -> str:
-    if device == "cuda":
-        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        return f"{len(gpus)}x {gpus[0]}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    return f"CPU only, {os.cpu_count()} cores (shared with other jobs), torch {torch.__version__}"
-
-
 def report(results: dict) -> str:
     """The tables of every part run so far (each part says the command that produced it)."""
     lines = [f"# Activation collection: {results['model']}", "", f"Machine: {results['machine']}.", ""]
@@ -240,26 +234,26 @@ def report(results: dict) -> str:
             f"`{part['command']}`", "",
             "Throughput relative to a plain forward and to a forward stopped after the last block, by wall "
             "time and by the process's CPU time (all its threads; less swayed by other jobs on the machine).", "",
-            "| method | tokens | wall s | tokens/s | CPU s | vs plain forward (wall / CPU) "
-            "| vs forward to the last block (wall / CPU) |",
-            "|---|---|---|---|---|---|---|",
         ]  # fmt: skip
-        for r in rows:
-            m, n = r["method"], r["tokens"]
-            lines.append(f"| {m} | {n:,} | {wall[m]:.1f} | {n / wall[m]:,.0f} | {cpu[m]:.1f} | "
-                         f"{wall[plain] / wall[m]:.2f}x / {cpu[plain] / cpu[m]:.2f}x | "
-                         f"{wall[stopped] / wall[m]:.2f}x / {cpu[stopped] / cpu[m]:.2f}x |")  # fmt: skip
-        lines.append("")
+        headers = ["method", "tokens", "wall s", "tokens/s", "CPU s", "vs plain forward (wall / CPU)",
+                   "vs forward to the last block (wall / CPU)"]  # fmt: skip
+        cells = [[m, f"{n:,}", f"{wall[m]:.1f}", f"{n / wall[m]:,.0f}", f"{cpu[m]:.1f}",
+                  f"{wall[plain] / wall[m]:.2f}x / {cpu[plain] / cpu[m]:.2f}x",
+                  f"{wall[stopped] / wall[m]:.2f}x / {cpu[stopped] / cpu[m]:.2f}x"]
+                 for m, n in ((r["method"], r["tokens"]) for r in rows)]  # fmt: skip
+        lines += [_report.markdown_table(headers, cells), ""]
     if "memory" in results:
         part, gib = results["memory"], 1024**3
         big = part["result"]
         lines += [
             f"## Memory: {big['tokens']:,} tokens to disk in a fresh process", "", f"`{part['command']}`", "",
-            "| tokens | seconds | tokens/s | written (GiB) | RSS loaded (GiB) | peak RSS (GiB) | peak above loaded (GiB) |",
-            "|---|---|---|---|---|---|---|",
-            f"| {big['tokens']:,} | {big['seconds']:.0f} | {big['tokens'] / big['seconds']:,.0f} | "
-            f"{big['bytes_written'] / gib:.1f} | {big['rss_loaded'] / gib:.2f} | {big['rss_peak'] / gib:.2f} | "
-            f"{(big['rss_peak'] - big['rss_loaded']) / gib:.2f} |", "",
+            _report.markdown_table(
+                ["tokens", "seconds", "tokens/s", "written (GiB)", "RSS loaded (GiB)", "peak RSS (GiB)",
+                 "peak above loaded (GiB)"],
+                [[f"{big['tokens']:,}", f"{big['seconds']:.0f}", f"{big['tokens'] / big['seconds']:,.0f}",
+                  f"{big['bytes_written'] / gib:.1f}", f"{big['rss_loaded'] / gib:.2f}", f"{big['rss_peak'] / gib:.2f}",
+                  f"{(big['rss_peak'] - big['rss_loaded']) / gib:.2f}"]],
+            ), "",
         ]  # fmt: skip
     if "stats" in results:
         part = results["stats"]
@@ -269,15 +263,14 @@ def report(results: dict) -> str:
             f"EasyEdit's `layer_stats`: {EASYEDIT_SECONDS:,.0f} s for {EASYEDIT_TOKENS:,} WikiText tokens at layers "
             "4-8 of SmolLM2 on this project's 2-core CPU (one pass per layer); the last column scales it to "
             "each row's tokens.", "",
-            "| what | layers | passes | tokens | wall s | CPU s | tokens/s | EasyEdit's time / this |",
-            "|---|---|---|---|---|---|---|---|",
         ]  # fmt: skip
-        for r in part["rows"]:
-            easyedit = EASYEDIT_SECONDS * r["tokens"] / EASYEDIT_TOKENS
-            span = f"{r['layers'][0]}-{r['layers'][-1]}"
-            lines.append(f"| {r['what']} | {span} | {r['passes']} | {r['tokens']:,} | {r['seconds']:.1f} | "
-                         f"{r.get('cpu_seconds', float('nan')):.1f} | {r['tokens'] / r['seconds']:,.0f} | "
-                         f"{easyedit / r['seconds']:.1f}x |")  # fmt: skip
+        cells = [[r["what"], f"{r['layers'][0]}-{r['layers'][-1]}", r["passes"], f"{r['tokens']:,}",
+                  f"{r['seconds']:.1f}", f"{r.get('cpu_seconds', float('nan')):.1f}",
+                  f"{r['tokens'] / r['seconds']:,.0f}",
+                  f"{EASYEDIT_SECONDS * r['tokens'] / EASYEDIT_TOKENS / r['seconds']:.1f}x"]
+                 for r in part["rows"]]  # fmt: skip
+        headers = ["what", "layers", "passes", "tokens", "wall s", "CPU s", "tokens/s", "EasyEdit's time / this"]
+        lines.append(_report.markdown_table(headers, cells))
     return "\n".join(lines) + "\n"
 
 
@@ -312,12 +305,12 @@ def main() -> None:
     name = args.name or (gpu.group(0).lower() if gpu else args.device)
     stored = args.results / f"cache-{name}.json"  # parts not run now keep their last results
     results = json.loads(stored.read_text()) if stored.is_file() else {}
-    command = f"python benchmarks/cache.py {' '.join(sys.argv[1:])}"
+    command = _report.command()
 
     model = load_model(args.model, args.device, args.gpus)
     args.n_layers = model.cfg.n_layers
     results["model"] = f"{args.model} ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}, {model.cfg.dtype})"
-    results["machine"] = machine(args.device)
+    results["machine"] = _report.machine(args.device, gpus=args.gpus)
     print(repr(model), flush=True)
     if "throughput" in args.parts:
         per_batch = args.batch_size * args.max_length
@@ -335,11 +328,7 @@ def main() -> None:
         if done.returncode == 0:
             results["memory"] = {"command": command, "result": json.loads(done.stdout.strip().splitlines()[-1])}
         print(done.stdout.strip().splitlines()[-1:], flush=True)
-    args.results.mkdir(parents=True, exist_ok=True)
-    stored.write_text(json.dumps(results, indent=1))
-    text = report(results)
-    print(text)
-    (args.results / f"cache-{name}.md").write_text(text)
+    _report.write_results(f"cache-{name}", report(results), results, folder=args.results)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+import _report
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
@@ -151,13 +151,6 @@ def time_reference(model, requests, stats, hp) -> float:
     return (time.perf_counter() - start) / len(requests)
 
 
-def machine(device: str) -> str:
-    if device.startswith("cuda"):
-        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        return f"{len(gpus)}x {gpus[0]}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores ({torch.get_num_threads()} torch threads), torch {torch.__version__}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (with --gpus)")
@@ -248,11 +241,11 @@ def main() -> None:
 
 def write(args, model, model_name, load_seconds, stats_seconds, weights, held, rows) -> None:
     gpu = args.device != "cpu"
-    kind = os.environ.get("HOOKLAB_MACHINE", f"{args.gpus}gpu" if gpu else "cpu")
+    kind = _report.machine_name(f"{args.gpus}gpu" if gpu else "cpu")
     lines = [
         f"# Edit speed: {model_name}",
         "",
-        f"Machine: {kind}: {machine(args.device)}. `python benchmarks/edit.py {' '.join(sys.argv[1:])}`",
+        f"Machine: {kind}: {_report.machine(args.device, gpus=args.gpus)}. `{_report.command()}`",
         "",
         f"Load {load_seconds:.1f} s; key statistics of {args.stats_tokens} tokens {stats_seconds:.1f} s (not in the "
         "times below). Each time is compute + apply of the edit (undone after).",
@@ -266,16 +259,12 @@ def write(args, model, model_name, load_seconds, stats_seconds, weights, held, r
             "on the GPU of their layer as `hooklab.collect` returns them (float64): "
             f"{' / '.join(f'{h:.2f}' for h in held)} GiB. Extra peak memory per GPU during the edit (above what was allocated before it):",
             "",
-            "| run | seconds | extra peak GiB per GPU | note |",
-            "|---|---|---|---|",
-            *[f"| {r} | {s:.2f} | {' / '.join(f'{e:.2f}' for e in x)} | {n} |" for r, s, x, n in rows],
-        ]
+            _report.markdown_table(["run", "seconds", "extra peak GiB per GPU", "note"],
+                                   [[r, f"{s:.2f}", " / ".join(f"{e:.2f}" for e in x), n] for r, s, x, n in rows]),
+        ]  # fmt: skip
     else:
-        lines += ["| run | seconds | note |", "|---|---|---|", *[f"| {r} | {s:.2f} | {n} |" for r, s, _, n in rows]]
-    text = "\n".join(lines) + "\n"
-    print(text, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"edit-speed-{kind}.md").write_text(text)
+        lines.append(_report.markdown_table(["run", "seconds", "note"], [[r, f"{s:.2f}", n] for r, s, _, n in rows]))
+    _report.write_results(f"edit-speed-{kind}", "\n".join(lines) + "\n", folder=args.out)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,12 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
+
+import _report
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
@@ -85,13 +84,9 @@ def fmt(value: float) -> str:
 
 
 def table(rows: list[tuple[str, dict]]) -> str:
-    lines = ["| run | n | ES | PS (n) | NS | EM | PM | NM | fluency |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, m in rows:
-        lines.append(
-            f"| {name} | {m['n']} | {fmt(m['es'])} | {fmt(m['ps'])} ({m['n_ps']}) | {fmt(m['ns'])} | {fmt(m['em'])} | "
-            f"{fmt(m['pm'])} | {fmt(m['nm'])} | {fmt(m['fluency'])} |"
-        )
-    return "\n".join(lines)
+    cells = [[name, m["n"], fmt(m["es"]), f"{fmt(m['ps'])} ({m['n_ps']})", fmt(m["ns"]), fmt(m["em"]), fmt(m["pm"]),
+              fmt(m["nm"]), fmt(m["fluency"])] for name, m in rows]  # fmt: skip
+    return _report.markdown_table(["run", "n", "ES", "PS (n)", "NS", "EM", "PM", "NM", "fluency"], cells)
 
 
 def main() -> None:
@@ -171,13 +166,11 @@ def main() -> None:
 
 
 def write(args, path: Path, rows, timing, stats_seconds: float, tokens: int, results: dict) -> None:
-    threads = torch.get_num_threads()
     report = [
         f"# Edit quality on {args.model}: CounterFact known facts ({path.name})",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores ({threads} torch "
-        f"thread(s)), torch {torch.__version__}; shared with other jobs, so times are indicative. "
-        f"`python benchmarks/edit_quality.py {' '.join(sys.argv[1:])}`",
+        f"Machine: {_report.machine(args.device)}; shared with other jobs, so times are indicative. "
+        f"`{_report.command()}`",
         "",
         (f"Key statistics: {tokens} tokens from {args.stats_file.name}. " if args.stats_file else
          f"Key statistics: {tokens} WikiText tokens via `hooklab.collect` ({stats_seconds:.0f} s, cached). ")
@@ -195,10 +188,7 @@ def write(args, path: Path, rows, timing, stats_seconds: float, tokens: int, res
         *[f"- {t}" for t in timing],
         "",
     ]
-    text = "\n".join(report)
-    print(text, flush=True)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(results))
+    _report.write_results(args.out.stem, "\n".join(report), results, folder=args.out.parent)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+import _report
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -136,8 +136,9 @@ def run(method: str, args, records: list[dict]) -> None:
 
     from tqdm.auto import tqdm
 
-    progress["command"] = "python benchmarks/lifelong.py " + " ".join(sys.argv[1:])
-    progress["machine"] = machine(args)
+    progress["command"] = _report.command()
+    on_gpu = bool(args.gpus) or (args.device or "").startswith("cuda")
+    progress["machine"] = _report.machine("cuda" if on_gpu else "cpu", gpus=args.gpus or 1)
     for i in tqdm(range(progress["done"], n), desc=method, initial=progress["done"], total=n):
         start = time.perf_counter()
         edit_one(requests[i])
@@ -244,20 +245,8 @@ def routing_overhead(model, memory, records: list[dict], repeats: int = 20) -> f
     return statistics.median(ratios) - 1
 
 
-def machine(args) -> str:
-    import torch
-
-    if torch.cuda.is_available() and (args.device or "").startswith("cuda") or args.gpus:
-        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        return f"{args.gpus or 1}x {gpus[0]}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    return f"{os.cpu_count()} CPU cores ({cpu}), no GPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
-
-
 def report(args) -> str:
-    commands = []
-    rows = ["| method | T | rel | gen | loc | s/edit (mean of T) | s/edit (last 100) | eval s | routing overhead |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    commands, rows = [], []
     for method in METHODS:
         path = Path(args.work) / method / "progress.json"
         if not path.exists():
@@ -267,18 +256,19 @@ def report(args) -> str:
             commands.append(f"- {method}: `{progress['command']}` ({progress['machine']})")
         for t, r in sorted(progress["results"].items(), key=lambda kv: int(kv[0])):
             overhead = f"{100 * r['overhead']:+.1f} %" if "overhead" in r else ""
-            rows.append(f"| {method} | {t} | {r['rel']:.3f} | {r['gen']:.3f} | {r['loc']:.3f} | {r['seconds_per_edit']:.2f} | "
-                        f"{r['last_seconds_per_edit']:.2f} | {r['eval_seconds']:.0f} | "
-                        f"{overhead} |")  # fmt: skip
+            rows.append([method, t, *(f"{r[k]:.3f}" for k in ("rel", "gen", "loc")), f"{r['seconds_per_edit']:.2f}",
+                         f"{r['last_seconds_per_edit']:.2f}", f"{r['eval_seconds']:.0f}", overhead])  # fmt: skip
         if progress["done"] < max(int(t) for t in args.T) and progress["done"]:
-            rows.append(f"| {method} | ({progress['done']} edits made when last saved) | | | | "
-                        f"{sum(progress['seconds']) / len(progress['seconds']):.2f} | | |")  # fmt: skip
+            rows.append([method, f"({progress['done']} edits made when last saved)", "", "", "",
+                         f"{sum(progress['seconds']) / len(progress['seconds']):.2f}"])  # fmt: skip
     header = (f"# Lifelong editing on zsRE ({args.model})\n\nRecords {Path(args.records).name} from record {args.offset}, "
               "the first T with a non-empty target (`alt`), edited one after another; the final model evaluated on all T "
               "(rel, gen, loc: `hooklab.evaluate(..., protocol=\"zsre\")`). Routing overhead: forward time of 16 "
               "prompts with the memory attached over detached, minus 1 (median of 20 alternating runs).\n\n"
               + "\n".join(commands) + "\n\n")  # fmt: skip
-    return header + "\n".join(rows) + "\n"
+    headers = ["method", "T", "rel", "gen", "loc", "s/edit (mean of T)", "s/edit (last 100)", "eval s",
+               "routing overhead"]  # fmt: skip
+    return header + _report.markdown_table(headers, rows) + "\n"
 
 
 def main() -> None:
@@ -316,10 +306,7 @@ def main() -> None:
             args.T = sorted({min(t, len(records)) for t in args.T})
         for method in args.methods:
             run(method, args, records)
-    table = report(args)
-    print(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(table)
+    _report.write_results(Path(args.out).stem, report(args), folder=Path(args.out).parent)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import _report
+
 HERE = Path(__file__).resolve().parent
 METHODS = ["hooklab-stream", "hooklab-cpu_then_shard", "transformers-auto", "transformerlens", "safe_open"]
 
@@ -124,22 +126,12 @@ def warm_page_cache(ckpt: Path) -> int:
     return total
 
 
-def machine() -> str:
-    import torch
-
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return f"{len(gpus)}x {gpus[0] if gpus else 'no GPU'}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-
-
 def table(rows: list[dict], ckpt_bytes: int) -> str:
     gib = 1024**3
-    lines = [
-        "| GPUs | method | seconds | GB/s | peak host RSS (GB) | RSS added by load (% of ckpt) | per-GPU GiB | imbalance (% of mean) | vs TL | vs transformers |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    cells = []
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['n']} | {r['method']} | failed: {r['error'][:80]} | | | | | | | |")
+            cells.append([r["n"], r["method"], f"failed: {r['error'][:80]}"])
             continue
         per_gpu = [b / gib for b in r["gpu_bytes"]]
         mean = sum(per_gpu) / len(per_gpu)
@@ -150,12 +142,12 @@ def table(rows: list[dict], ckpt_bytes: int) -> str:
             return f"{same_n[method] / r['seconds']:.1f}x" if method in same_n else "-"
 
         added = (r["rss_peak"] - r["rss_before"]) / ckpt_bytes * 100
-        lines.append(
-            f"| {r['n']} | {r['method']} | {r['seconds']:.2f} | {ckpt_bytes / r['seconds'] / 1e9:.1f} | "
-            f"{r['rss_peak'] / 1e9:.2f} | {added:.0f}% | {' / '.join(f'{g:.2f}' for g in per_gpu)} | "
-            f"{imbalance:.1f} | {ratio('transformerlens')} | {ratio('transformers-auto')} |"
-        )
-    return "\n".join(lines)
+        cells.append([r["n"], r["method"], f"{r['seconds']:.2f}", f"{ckpt_bytes / r['seconds'] / 1e9:.1f}",
+                      f"{r['rss_peak'] / 1e9:.2f}", f"{added:.0f}%", " / ".join(f"{g:.2f}" for g in per_gpu),
+                      f"{imbalance:.1f}", ratio("transformerlens"), ratio("transformers-auto")])  # fmt: skip
+    headers = ["GPUs", "method", "seconds", "GB/s", "peak host RSS (GB)", "RSS added by load (% of ckpt)",
+               "per-GPU GiB", "imbalance (% of mean)", "vs TL", "vs transformers"]  # fmt: skip
+    return _report.markdown_table(headers, cells)
 
 
 def _check_line(c: dict) -> str:
@@ -206,12 +198,12 @@ def main() -> None:
 
 
 def write_report(args: argparse.Namespace, rows: list[dict], checks: list[dict], ckpt_bytes: int) -> None:
-    kind = os.environ.get("HOOKLAB_MACHINE", f"{max(args.gpus)}gpu")
+    kind = _report.machine_name(f"{max(args.gpus)}gpu")
     report = [
         f"# Loading a {ckpt_bytes / 1e9:.2f} GB {args.shape}-shaped bf16 checkpoint",
         "",
-        f"Machine: {kind}: {machine()}. Each load in its own process, page cache warm, CUDA contexts "
-        "created before the clock starts. `python benchmarks/load.py " + " ".join(sys.argv[1:]) + "`",
+        f"Machine: {kind}: {_report.machine('cuda')}. Each load in its own process, page cache warm, CUDA contexts "
+        f"created before the clock starts. `{_report.command()}`",
         "",
         table(rows, ckpt_bytes),
         "",
@@ -223,10 +215,7 @@ def write_report(args: argparse.Namespace, rows: list[dict], checks: list[dict],
         "",
         *[_check_line(c) for c in checks],
     ]
-    text = "\n".join(report) + "\n"
-    print(text, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"load-{kind}.md").write_text(text)
+    _report.write_results(f"load-{kind}", "\n".join(report) + "\n", folder=args.out)
 
 
 if __name__ == "__main__":

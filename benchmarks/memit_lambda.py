@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
-import torch
+import _report
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
@@ -79,27 +76,24 @@ def main() -> None:
 
 
 def write(args, model, hp, rows) -> None:
-    kind = os.environ.get("HOOKLAB_MACHINE", args.device)
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else platform.machine()
+    kind = _report.machine_name(args.device)
     lines = [
         f"# MEMIT λ for one batch: {args.model}, layers {hp.layers[0]}–{hp.layers[-1]}",
         "",
-        f"Machine: {kind} ({gpu}), torch {torch.__version__}. `python benchmarks/memit_lambda.py {' '.join(sys.argv[1:])}`",
+        f"Machine: {kind}: {_report.machine(args.device, gpus=1)}. `{_report.command()}`",
         "",
         f"Key statistics: {args.stats_tokens} WikiText tokens. Each batch's z are optimised once (the first λ's time "
         "includes them); every λ is then its own solve, applied, scored (ES / PS / NS as in the README, no fluency) "
         "and undone. PS over the records with a paraphrase.",
         "",
-        "| data | n | run | ES | PS | NS | EM | NM | seconds |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *[f"| {d} | {n} | {run} | {s['es']:.3f} | {s['ps']:.3f} | {s['ns']:.3f} | {s['em']:.3f} | {s['nm']:.3f} | "
-          f"{sec:.1f} |" for d, n, run, s, sec in rows],  # fmt: skip
+        _report.markdown_table(
+            ["data", "n", "run", "ES", "PS", "NS", "EM", "NM", "seconds"],
+            [[d, n, run, *(f"{s[k]:.3f}" for k in ("es", "ps", "ns", "em", "nm")), f"{sec:.1f}"]
+             for d, n, run, s, sec in rows],
+        ),
         "",
     ]
-    text = "\n".join(lines)
-    print(text, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"memit-lambda-{kind}.md").write_text(text)
+    _report.write_results(f"memit-lambda-{kind}", "\n".join(lines), folder=args.out)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+import _report
+
 HERE = Path(__file__).resolve().parent
 EXAMPLES = [
     ("The Eiffel Tower is located in the city of", " Paris"),
@@ -180,34 +182,22 @@ def max_difference(x: Path, y: Path) -> float | None:
 # ---------------------------------------------------------------- report
 
 
-def machine(device: str) -> str:
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    if device.startswith("cuda"):
-        return f"1x {torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    return f"{os.cpu_count()} CPU cores ({cpu}), no GPU, torch {torch.__version__}"
-
-
 def table(rows: list[dict], out_bytes: int, reference: dict[str, float]) -> str:
-    lines = ["| tool | method | merge s | process wall s | GB/s out | peak RSS GB | vs mergekit linear | max abs diff vs hooklab | weights |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     base = reference.get("mergekit linear")
+    cells = []
     for r in rows:
-        label = f"{r['tool']} | {r['method']}" + (f" (workers {r['workers']})" if r.get("workers") else "")
+        label = [r["tool"], r["method"] + (f" (workers {r['workers']})" if r.get("workers") else "")]
         if "error" in r:
-            lines.append(f"| {label} | failed: {r['error'][:90]} | | | | | | |")
+            cells.append([*label, f"failed: {r['error'][:90]}"])
             continue
         ratio = f"{base / r['seconds']:.1f}x" if base else "-"
         diff = "-" if r.get("diff") is None else f"{r['diff']:.2e}"
         weights = ", ".join(f"{w:.3f}" for w in r["weights"]) if r.get("weights") else "-"
-        lines.append(
-            f"| {label} | {r['seconds']:.2f} | {r['wall']:.1f} | {out_bytes / r['seconds'] / 1e9:.2f} | "
-            f"{r['rss_peak'] / 1e9:.2f} | {ratio} | {diff} | {weights} |"
-        )
-    return "\n".join(lines)
+        cells.append([*label, f"{r['seconds']:.2f}", f"{r['wall']:.1f}", f"{out_bytes / r['seconds'] / 1e9:.2f}",
+                      f"{r['rss_peak'] / 1e9:.2f}", ratio, diff, weights])  # fmt: skip
+    headers = ["tool", "method", "merge s", "process wall s", "GB/s out", "peak RSS GB", "vs mergekit linear",
+               "max abs diff vs hooklab", "weights"]  # fmt: skip
+    return _report.markdown_table(headers, cells)
 
 
 def main() -> None:
@@ -262,21 +252,18 @@ def main() -> None:
         if "error" not in r:
             key = f"{r['tool']} {r['method']}"
             best[key] = min(best.get(key, float("inf")), r["seconds"])
-    kind = os.environ.get("HOOKLAB_MACHINE", "1gpu" if on_gpu else "cpu")
+    kind = _report.machine_name("1gpu" if on_gpu else "cpu")
     what = f"two {args.shape}-shaped bf16 checkpoints" if on_gpu else "two 538 MB float32 SmolLM2-135M variants"
     text = "\n".join([
         f"# Merging {what} ({out_bytes / 1e9:.2f} GB out) on {args.device}",
         "",
-        f"Machine: {machine(args.device)}. Each merge in its own process, page cache warm; 'merge s' times "
-        "the merge call alone (imports excluded), 'process wall s' the whole process. `python benchmarks/merge.py "
-        + " ".join(sys.argv[1:]) + "`",
+        f"Machine: {_report.machine(args.device, gpus=1)}. Each merge in its own process, page cache warm; 'merge s' "
+        f"times the merge call alone (imports excluded), 'process wall s' the whole process. `{_report.command()}`",
         "",
         table(rows, out_bytes, best),
         "",
     ])  # fmt: skip
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"merge-{kind}.md").write_text(text)
+    _report.write_results(f"merge-{kind}", text, folder=args.out)
     for r in rows:
         shutil.rmtree(r["out"], ignore_errors=True)
 

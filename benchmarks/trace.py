@@ -14,12 +14,13 @@ per model, timed apart. Prints a table and writes ``benchmarks/results/trace-<mo
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+import _report
 
 HERE = Path(__file__).resolve().parent
 SUBJECT = "Eiffel Tower"
@@ -102,35 +103,21 @@ def bench(model, label: str, prompt: str, args) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [
-        "| model / placement | kind | tokens × layers | loop (s) | batched (s) | speed-up | max abs diff | peak (token, layer, p) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    cells = []
     for r in rows:
         t, layer, p = r["peak"]
-        lines.append(
-            f"| {r['label']} | {r['kind']} | {r['tokens']} × {r['layers']} | {r['loop']:.2f} | {r['batched']:.2f} | "
-            f"{r['loop'] / r['batched']:.1f}x | {r['diff']:.1e} | ({t}, {layer}, {p:.3g}) |"
-        )
+        cells.append([r["label"], r["kind"], f"{r['tokens']} × {r['layers']}", f"{r['loop']:.2f}",
+                      f"{r['batched']:.2f}", f"{r['loop'] / r['batched']:.1f}x", f"{r['diff']:.1e}",
+                      f"({t}, {layer}, {p:.3g})"])  # fmt: skip
     for label in dict.fromkeys(r["label"] for r in rows):
         mine = [r for r in rows if r["label"] == label]
         loop = sum(r["loop"] for r in mine)
         batched = sum(r["batched"] for r in mine) + mine[0]["setup"]
-        lines.append(
-            f"| {label} | **all {len(mine)} kinds** (batched incl. {mine[0]['setup']:.2f} s setup) | | {loop:.1f} | "
-            f"{batched:.1f} | **{loop / batched:.1f}x** | | |"
-        )
-    return "\n".join(lines)
-
-
-def machine() -> str:
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    where = f"{len(gpus)}x {gpus[0]}" if gpus else "no GPU"
-    load = os.getloadavg()[1]  # other work on a shared machine slows the many small ops of the loop most
-    return (
-        f"{where}, {os.cpu_count()} CPU cores (5-min load average {load:.1f} at the end), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
-    )
+        cells.append([label, f"**all {len(mine)} kinds** (batched incl. {mine[0]['setup']:.2f} s setup)", "",
+                      f"{loop:.1f}", f"{batched:.1f}", f"**{loop / batched:.1f}x**"])  # fmt: skip
+    headers = ["model / placement", "kind", "tokens × layers", "loop (s)", "batched (s)", "speed-up", "max abs diff",
+               "peak (token, layer, p)"]  # fmt: skip
+    return _report.markdown_table(headers, cells)
 
 
 def main() -> None:
@@ -164,20 +151,19 @@ def main() -> None:
         del model
         torch.cuda.empty_cache()
     kind = "cpu" if not args.gpus else f"{max(args.gpus)}gpu"
+    # the load average: other work on a shared machine slows the many small ops of the loop most
+    where = _report.machine("cuda" if args.gpus else "cpu", gpus=max(args.gpus) if args.gpus else None, load=True)
     report = [
         f"# Causal tracing: batched against the per-(token, layer) loop ({name})",
         "",
-        f"Machine: {machine()}. {args.samples} samples, window {args.window}, prompt {prompt!r}, subject "
+        f"Machine: {where}. {args.samples} samples, window {args.window}, prompt {prompt!r}, subject "
         f"{SUBJECT!r}; scores asserted equal (max abs diff shown). "
-        f"`python benchmarks/trace.py {' '.join(sys.argv[1:])}`",
+        f"`{_report.command()}`",
         "",
         table(rows),
     ]
-    text = "\n".join(report) + "\n"
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.dtype == "float32" else f"-{args.dtype}"
-    (args.out / f"trace-{name}-{kind}{suffix}.md").write_text(text)
+    _report.write_results(f"trace-{name}-{kind}{suffix}", "\n".join(report) + "\n", folder=args.out)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
+
+import _report
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared"
@@ -96,26 +96,24 @@ def report(summaries, args, n_records: int, model_name: str) -> None:
         f"{summaries[0].n_prompts} of the {n_records} records of `{args.records.name}` "
         f"({'all' if summaries[0].n_prompts == n_records else f'the first of a seed-{args.seed} random order'}), "
         f"target the model's own answer, {args.samples} samples, noise {summaries[0].noise:.3f} "
-        f"(3 × embedding std), window {args.window}. Machine: {os.cpu_count()} CPU cores, torch {torch.__version__}. "
-        f"`python benchmarks/trace_facts.py {' '.join(sys.argv[1:])}`",
+        f"(3 × embedding std), window {args.window}. "
+        f"Machine: {_report.machine('cuda' if torch.cuda.is_available() else 'cpu')}. `{_report.command()}`",
         "",
-        "| kind | prompts | mean p clean | mean p corrupted | total effect | peak AIE at last subject token "
-        "(layer: AIE) | peak AIE at last token (layer: AIE) | AIE at last subject token, layers 0.. |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    cells = []
     for s in summaries:
         subject_layer, subject_peak = s.peak("Last subject token")
         last_layer, last_peak = s.peak("Last token")
         curve = " ".join(f"{v:.3f}" for v in s.effect[CLASSES.index("Last subject token")].tolist())
-        lines.append(
-            f"| {s.kind} | {s.n_prompts} | {s.high:.3f} | {s.low:.3f} | {s.total_effect:.3f} | "
-            f"{subject_layer}: {subject_peak:.3f} | {last_layer}: {last_peak:.3f} | {curve} |"
-        )
-    lines += ["", *[f"![{s.kind}](trace-facts-{args.model}-{s.kind}.png)" for s in summaries]]
+        cells.append([s.kind, s.n_prompts, f"{s.high:.3f}", f"{s.low:.3f}", f"{s.total_effect:.3f}",
+                      f"{subject_layer}: {subject_peak:.3f}", f"{last_layer}: {last_peak:.3f}", curve])  # fmt: skip
+    headers = ["kind", "prompts", "mean p clean", "mean p corrupted", "total effect",
+               "peak AIE at last subject token (layer: AIE)", "peak AIE at last token (layer: AIE)",
+               "AIE at last subject token, layers 0.."]  # fmt: skip
+    lines += [_report.markdown_table(headers, cells), ""]
+    lines += [f"![{s.kind}](trace-facts-{args.model}-{s.kind}.png)" for s in summaries]
     lines += ["", f"![lines](trace-facts-{args.model}-lines.png)"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (args.out / f"trace-facts-{args.model}.md").write_text(text)
+    _report.write_results(f"trace-facts-{args.model}", "\n".join(lines) + "\n", folder=args.out)
 
 
 if __name__ == "__main__":
