@@ -16,7 +16,7 @@ DEMO_PROMPTS = [
 ]
 
 
-def demo(args: argparse.Namespace) -> None:
+def demo_cmd(args: argparse.Namespace) -> None:
     """Load the embedded default model and show what it knows about the Eiffel Tower."""
     import torch
 
@@ -130,7 +130,7 @@ def export_cmd(args: argparse.Namespace) -> None:
     print(f"Saved {model.name} with {len(args.edit)} edit(s) applied to {out} (fingerprint {model.fingerprint})")
 
 
-def merge(args: argparse.Namespace) -> None:
+def merge_cmd(args: argparse.Namespace) -> None:
     """Run a YAML merge recipe (mergekit's shape) and say where the result is."""
     import logging
 
@@ -145,7 +145,7 @@ def merge(args: argparse.Namespace) -> None:
     print(f"Merged {result.nbytes / 1e9:.2f} GB with {result.method} into {result.path} in {result.seconds:.1f} s")
 
 
-def collect(args: argparse.Namespace) -> None:
+def collect_cmd(args: argparse.Namespace) -> None:
     """Collect activations over a corpus to a folder, or reduce them to means / second moments."""
     import hooklab
 
@@ -173,7 +173,7 @@ def _layer_range(spec: str) -> range:
     return range(int(first), int(last or first) + 1)
 
 
-def trace(args: argparse.Namespace) -> None:
+def trace_cmd(args: argparse.Namespace) -> None:
     """Causal-trace one fact; write each kind's ROME-style heatmap (PNG) and scores (JSON)."""
     import json
 
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--target", default=" Paris", help="token the logit lens follows")
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--out", default="hooklab-demo-logit-lens.png", help="where to save the plot")
-    p.set_defaults(run=demo)
+    p.set_defaults(run=demo_cmd)
 
     from hooklab.edit import registry
 
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("config", help="YAML recipe: models, method, base_model, parameters, dtype, out")
     p.add_argument("--device", default=None, help="where tensors are merged (default: GPU 0 if any, else CPU)")
     p.add_argument("--overwrite", action="store_true", help="replace out once the new merge is complete")
-    p.set_defaults(run=merge)
+    p.set_defaults(run=merge_cmd)
 
     p = jobs.add_parser("collect", help="activations over a corpus to a folder, or their mean / second moment")
     p.add_argument("data", help="a text file (one document per non-blank line)")
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default=None, help="storage dtype, e.g. bfloat16 (default: the model's)")
     p.add_argument("--reduce", default=None, choices=["mean", "second_moment"])
     p.add_argument("--verify", action="store_true", help="on a rerun, check every finished shard's checksum")
-    p.set_defaults(run=collect)
+    p.set_defaults(run=collect_cmd)
 
     p = jobs.add_parser("trace", help="causal tracing of a fact (ROME); heatmaps as PNG, scores as JSON")
     p.add_argument("--model", default="smollm2", help="HF folder, .gguf file or 'smollm2'")
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda:N (default: GPU 0 if any, else CPU)")
     p.add_argument("--devices", nargs="+", default=None, help="shard layers over these, e.g. cuda:0 cuda:1")
     p.add_argument("--out", default="hooklab-trace", help="file prefix: <out>-<kind>.png and .json")
-    p.set_defaults(run=trace)
+    p.set_defaults(run=trace_cmd)
 
     args = parser.parse_args(argv)
     from hooklab.errors import HooklabError

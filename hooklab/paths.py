@@ -1,6 +1,7 @@
-"""Where the data files live: a folder named by ``HOOKLAB_DATA`` (or an argument), never a guess.
+"""Where hooklab's files live, and how their sizes read: the data files in the folder
+``HOOKLAB_DATA`` names (or an argument, never a guess), and hooklab's own cache.
 
-The folder is laid out like the project's shared data (``counterfact_known_dev.json``,
+The data folder is laid out like the project's shared data (``counterfact_known_dev.json``,
 ``zsre/zsre_mend_train_1k.json``, ``corpus/wikitext_valid_test.txt``, ...); any file of those
 formats can also be passed to hooklab by its own path.
 """
@@ -41,3 +42,17 @@ def data_path(name: str | os.PathLike, root: str | os.PathLike | None = None) ->
             f"{ENV} at the folder that has it. {SOURCES}."
         )
     return path
+
+
+def cache_dir() -> Path:
+    """Where converted models, downloads and cached statistics live: ``$HOOKLAB_CACHE`` or ``~/.cache/hooklab``."""
+    return Path(os.environ.get("HOOKLAB_CACHE") or Path.home() / ".cache" / "hooklab").expanduser()
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` → ``"1.5 KiB"``: sizes in messages people read."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

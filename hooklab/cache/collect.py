@@ -23,9 +23,8 @@ from hooklab.cache.store import INDEX, ActivationStore
 from hooklab.cache.transfer import Drain, MemorySink
 from hooklab.errors import CollectArgumentError, OutputDirError
 from hooklab.loading.dtypes import resolve_dtype
-from hooklab.loading.embedded import cache_dir
-from hooklab.loading.placement import human_bytes
 from hooklab.model import HookedModel
+from hooklab.paths import cache_dir, human_bytes
 
 log = logging.getLogger(__name__)
 

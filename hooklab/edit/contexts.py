@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from hooklab.loading.embedded import cache_dir
 from hooklab.model import HookedModel
+from hooklab.paths import cache_dir
 
 # The reference MEMIT code's openings: neutral, and single tokens in most vocabularies.
 OPENINGS = ("The", "Therefore", "Because", "I", "You")

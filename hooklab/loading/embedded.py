@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import torch
 from safetensors.torch import save_model
 
 from hooklab.errors import CorruptCheckpointError, DefaultModelUnavailableError
+from hooklab.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,6 @@ SMOLLM2 = EmbeddedModel(
 )
 EMBEDDED = {SMOLLM2.name: SMOLLM2}
 _DONE = ".complete"
-
-
-def cache_dir() -> Path:
-    """Where converted models and downloads live: ``$HOOKLAB_CACHE`` or ``~/.cache/hooklab``."""
-    return Path(os.environ.get("HOOKLAB_CACHE") or Path.home() / ".cache" / "hooklab").expanduser()
 
 
 def embedded_folder(model: EmbeddedModel) -> Path:

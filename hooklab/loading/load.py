@@ -30,7 +30,6 @@ from hooklab.loading.placement import (
     MaxMemory,
     Placement,
     capacities,
-    human_bytes,
     plan_layers,
     resolve_devices,
 )
@@ -40,6 +39,7 @@ from hooklab.loading.sources import Source, resolve_source
 from hooklab.loading.stream import read_tensors
 from hooklab.loading.tensors import Wanted, match_tensors
 from hooklab.model import HookedModel, weight_slots
+from hooklab.paths import human_bytes
 
 Strategy = Literal["stream", "cpu_then_shard"]
 log = logging.getLogger(__name__)

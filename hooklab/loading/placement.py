@@ -17,6 +17,7 @@ from accelerate.utils import convert_file_size_to_int
 
 from hooklab.errors import PlacementError
 from hooklab.loading.skeleton import Parts
+from hooklab.paths import human_bytes
 
 DeviceLike = str | int | torch.device
 MaxMemory = Mapping[DeviceLike, int | str] | Sequence[int | str]
@@ -92,15 +93,6 @@ class Placement:
             size = f"{self.nbytes[slot] / GiB:8.3f}" if self.nbytes else "       ?"
             lines.append(f"{device:<11} {span:<11} {size} {extra}".rstrip())
         return "\n".join(lines)
-
-
-def human_bytes(n: float) -> str:
-    """``1536`` → ``"1.5 KiB"``: sizes in messages people read."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def canonical_device(device: DeviceLike) -> str:

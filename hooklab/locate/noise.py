@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from hooklab.errors import TraceArgumentError
-from hooklab.loading.embedded import cache_dir
 from hooklab.model import HookedModel
+from hooklab.paths import cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from hooklab.edit.deltas import Update
 from hooklab.edit.memit.main import memit
 from hooklab.edit.request import EditRequest
 from hooklab.errors import EditSolveError
-from hooklab.loading.embedded import cache_dir
 from hooklab.model import HookedModel
+from hooklab.paths import cache_dir
 
 
 def alphaedit(
