@@ -18,22 +18,15 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class MemitHparams(Hparams):
-    """MEMIT (Meng et al. 2023): a window of layers, rank ≤ the batch size per layer.
+class WindowHparams(Hparams):
+    """What MEMIT and its variants share: a window of layers and the target optimisation after it.
 
     Attributes:
         layers: the edited layers, in order; z is optimised after the last.
-        mom2_update_weight: λ in ΔW = R Kᵀ (λC + K Kᵀ)⁻¹: how strongly the keys' statistics
-            hold the layer to its old behaviour.
-        mom2_batch_scale: batches of more requests than this scale λ in proportion (K Kᵀ sums
-            over the batch while C is a mean, so a fixed λ holds a large batch's layers less);
-            0 keeps λ fixed, as the MEMIT paper does.
         (the others as in RomeHparams)
     """
 
     layers: tuple[int, ...]
-    mom2_update_weight: float = 500.0
-    mom2_batch_scale: int = 125
     v_steps: int = 25
     v_lr: float = 0.5
     v_weight_decay: float = 0.5
@@ -47,6 +40,36 @@ class MemitHparams(Hparams):
     def edit_layers(self) -> tuple[int, ...]:
         return self.layers
 
+    def check(self, n_layers: int) -> None:
+        super().check(n_layers)
+        check_value_settings(self, n_layers)
+        if not self.layers or list(self.layers) != sorted(set(self.layers)):
+            raise HparamsError(f"{type(self).__name__}.layers must be distinct and increasing, got {list(self.layers)}.")
+
+    @staticmethod
+    def window(model: HookedModel) -> tuple[int, ...]:
+        """The default window: five layers from one below ROME's layer."""
+        n = model.cfg.n_layers
+        top = min(edit_layer(n) + 3, n - 2)
+        return tuple(range(max(0, top - 4), top + 1))
+
+
+@dataclass(frozen=True)
+class MemitHparams(WindowHparams):
+    """MEMIT (Meng et al. 2023): a window of layers, rank ≤ the batch size per layer.
+
+    Attributes:
+        mom2_update_weight: λ in ΔW = R Kᵀ (λC + K Kᵀ)⁻¹: how strongly the keys' statistics
+            hold the layer to its old behaviour.
+        mom2_batch_scale: batches of more requests than this scale λ in proportion (K Kᵀ sums
+            over the batch while C is a mean, so a fixed λ holds a large batch's layers less);
+            0 keeps λ fixed, as the MEMIT paper does.
+        (the others as in WindowHparams)
+    """
+
+    mom2_update_weight: float = 500.0
+    mom2_batch_scale: int = 125
+
     def update_weight(self, n_requests: int) -> float:
         """λ for a batch of ``n_requests``."""
         if self.mom2_batch_scale and n_requests > self.mom2_batch_scale:
@@ -55,18 +78,12 @@ class MemitHparams(Hparams):
 
     def check(self, n_layers: int) -> None:
         super().check(n_layers)
-        check_value_settings(self, n_layers)
-        if not self.layers or list(self.layers) != sorted(set(self.layers)):
-            raise HparamsError(f"{type(self).__name__}.layers must be distinct and increasing, got {list(self.layers)}.")
         if self.mom2_update_weight < 0 or self.mom2_batch_scale < 0:
             raise HparamsError(f"{type(self).__name__}.mom2_update_weight and mom2_batch_scale must not be negative.")
 
     @classmethod
     def for_model(cls, model: HookedModel) -> MemitHparams:
-        """Defaults for ``model``'s size: five layers from one below ROME's layer."""
-        n = model.cfg.n_layers
-        top = min(edit_layer(n) + 3, n - 2)
-        layers = tuple(range(max(0, top - 4), top + 1))
+        """Defaults for ``model``'s size over :meth:`window`."""
         if n_params(model) < SMALL:
-            return cls(layers=layers)
-        return cls(layers=layers, mom2_update_weight=15000.0, mom2_batch_scale=0, clamp_norm_factor=0.75)
+            return cls(layers=cls.window(model))
+        return cls(layers=cls.window(model), mom2_update_weight=15000.0, mom2_batch_scale=0, clamp_norm_factor=0.75)
