@@ -27,7 +27,8 @@ from safetensors.torch import load_file, save_file
 import hooklab
 from hooklab import errors, sites
 from hooklab.cache.store import HEADER_BYTES, MANIFEST
-from hooklab.edit.deltas import Edit, Update
+from hooklab.edit.deltas import Edit
+from hooklab.edit.update import Update
 from hooklab.edit.wise.router import attached_router
 from hooklab.edit.wise.shards import Shard
 

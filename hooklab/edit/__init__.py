@@ -13,7 +13,7 @@ from hooklab.lazy import lazy_api
 _API = {
     "AlphaEditHparams": "hooklab.edit.alphaedit",
     "Edit": "hooklab.edit.deltas",
-    "Update": "hooklab.edit.deltas",
+    "Update": "hooklab.edit.update",
     "apply_edit": "hooklab.edit.deltas",
     "compute_edit": "hooklab.edit.main",
     "edit": "hooklab.edit.main",
@@ -30,12 +30,13 @@ __all__ = list(_API)
 
 if TYPE_CHECKING:
     from hooklab.edit.alphaedit import AlphaEditHparams
-    from hooklab.edit.deltas import Edit, Update, apply_edit
+    from hooklab.edit.deltas import Edit, apply_edit
     from hooklab.edit.main import compute_edit, edit
     from hooklab.edit.memit import MemitHparams
     from hooklab.edit.method import EditMethod
     from hooklab.edit.registry import register
     from hooklab.edit.request import EditRequest, as_requests, requests_from_counterfact, requests_from_zsre
     from hooklab.edit.rome import RomeHparams
+    from hooklab.edit.update import Update
 
 __getattr__, __dir__ = lazy_api(globals(), _API)

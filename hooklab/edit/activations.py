@@ -16,9 +16,9 @@ from torch import Tensor
 
 from hooklab import sites
 from hooklab.blocks import stop_after
-from hooklab.edit.deltas import Update
 from hooklab.edit.forward import Hooks, positions
 from hooklab.edit.tokens import pad_id, pad_right
+from hooklab.edit.update import Update
 from hooklab.model import HookedModel
 
 ROWS_PER_BATCH = 64

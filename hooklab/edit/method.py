@@ -18,8 +18,8 @@ from hooklab.errors import EditMethodError
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from hooklab.edit.deltas import Update
     from hooklab.edit.request import EditRequest
+    from hooklab.edit.update import Update
     from hooklab.model import HookedModel
 
 # (model, requests, hparams, {layer: C = E[k kᵀ]}) -> ({layer: Update}, notes for the edit file)

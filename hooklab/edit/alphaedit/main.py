@@ -21,9 +21,9 @@ from torch import Tensor
 
 from hooklab.edit.alphaedit.hparams import AlphaEditHparams
 from hooklab.edit.alphaedit.projection import cached_projection
-from hooklab.edit.deltas import Update
 from hooklab.edit.memit.main import memit
 from hooklab.edit.request import EditRequest
+from hooklab.edit.update import Update
 from hooklab.errors import EditSolveError
 from hooklab.model import HookedModel
 from hooklab.paths import cache_dir

@@ -26,12 +26,12 @@ from torch import Tensor
 from hooklab import sites
 from hooklab.edit.activations import read_at, update_hooks
 from hooklab.edit.contexts import context_templates
-from hooklab.edit.deltas import Update
-from hooklab.edit.memit.hparams import MemitHparams
 from hooklab.edit.memit.compute_ks import compute_ks
 from hooklab.edit.memit.compute_z import compute_z
+from hooklab.edit.memit.hparams import MemitHparams
 from hooklab.edit.request import EditRequest
 from hooklab.edit.tokens import subject_prompt
+from hooklab.edit.update import Update
 from hooklab.errors import EditSolveError
 from hooklab.model import HookedModel
 

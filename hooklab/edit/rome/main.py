@@ -16,11 +16,11 @@ from tqdm.auto import tqdm
 from hooklab import sites
 from hooklab.edit.activations import update_hooks
 from hooklab.edit.contexts import context_templates
-from hooklab.edit.deltas import Update
-from hooklab.edit.rome.hparams import RomeHparams
 from hooklab.edit.request import EditRequest
 from hooklab.edit.rome.compute_u import compute_u, subject_keys
 from hooklab.edit.rome.compute_v import compute_v
+from hooklab.edit.rome.hparams import RomeHparams
+from hooklab.edit.update import Update
 from hooklab.model import HookedModel
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -22,18 +23,42 @@ from hooklab.edit.wise.shards import Shard, Shards
 from hooklab.errors import HooklabError, HparamsError, WiseMemoryError
 from hooklab.model import HookedModel
 from hooklab.tensorfiles import (
-    TensorSpec, check_tensors, json_field, read_metadata, refuse_other_base, save_atomic, tensor_names,
+    TensorSpec,
+    check_tensors,
+    json_field,
+    read_metadata,
+    refuse_other_base,
+    save_atomic,
+    tensor_names,
 )  # fmt: skip
 
-if TYPE_CHECKING:
-    from hooklab.edit.wise.memory import WiseMemory
+
+class Memory(Protocol):
+    """What these functions read and fill of a WISE memory (``WiseMemory``, which calls them)."""
+
+    model: HookedModel
+    hparams: WiseHparams
+    site: sites.MlpOut
+    base_fingerprint: str
+    templates: list[str]
+    unrelated: list[str]
+    shards: Shards
+    requests: list[EditRequest]
+    edit_scores: list[float]
+    unrelated_ceiling: float
+    seconds: float
+
+    def attach(self) -> Memory: ...
+
+
+M = TypeVar("M", bound=Memory)
 
 FORMAT = "hooklab-wise"
 VERSION = "4"  # 2: the threshold's floor; 3: its quantile (floor_quantile); 4: every side's keys (routing)
 DAMAGED = "the file is damaged or was not written by hooklab; save the memory again (WiseMemory.save)"
 
 
-def save_memory(memory: WiseMemory, path: str | os.PathLike) -> Path:
+def save_memory(memory: Memory, path: str | os.PathLike) -> Path:
     """Write ``memory`` to ``path`` (atomically: a failed write leaves any earlier file as it was)."""
     path = Path(path)
     shards = memory.shards
@@ -66,7 +91,7 @@ def save_memory(memory: WiseMemory, path: str | os.PathLike) -> Path:
     return save_atomic(tensors, path, metadata)
 
 
-def load_memory(cls: type[WiseMemory], model: HookedModel, path: str | os.PathLike) -> WiseMemory:
+def load_memory(cls: Callable[..., M], model: HookedModel, path: str | os.PathLike) -> M:
     """A memory read from ``path`` for ``model``, attached; refuses a model with another fingerprint.
 
     Everything is checked before the memory is built: the metadata, and every tensor against what
